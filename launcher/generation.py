@@ -1,0 +1,31 @@
+"""Generation settings shared by every adapter (greedy by default, as InternVL's scripts)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 10
+    num_beams: int = 1
+    temperature: float = 0.0
+    seed: int = 0
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `model.generate` / InternVL's `generation_config`."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": self.do_sample,
+        }
+        if self.do_sample:
+            kwargs["temperature"] = self.temperature
+        return kwargs
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
