@@ -8,7 +8,7 @@ from typing import Callable
 from eval_scripts.base import Task
 
 _TASKS: dict[str, Callable[[], Task]] = {}
-_BUILTIN_MODULES = ("eval_scripts.vqa",)
+_BUILTIN_MODULES = ("eval_scripts.vqa", "eval_scripts.synthetic")
 
 
 class UnknownTaskError(ValueError):
