@@ -39,3 +39,16 @@ def get_task(name: str) -> Task:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownTaskError(f"unknown task {name!r}.{hint} Known tasks: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]()
+
+
+def describe_tasks() -> str:
+    """A table of every task: name, metric, data files (relative to --data-root) and description."""
+    _load_builtins()
+    rows = [("task", "metric", "files (under --data-root)", "description")]
+    for name in sorted(_TASKS):
+        task = _TASKS[name]()
+        files = ", ".join(f"{role}={path}" for role, path in task.files.items()) or "--data FILE"
+        rows.append((name, task.metric or "--metric", files, task.description))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    return "\n".join(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}"
+                     for row in rows)

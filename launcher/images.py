@@ -36,3 +36,15 @@ def open_image(source: Any, item_id: str) -> Image.Image:
         raise DataError(f"item {item_id!r}: image not found: {label}") from None
     except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as error:
         raise DataError(f"item {item_id!r}: cannot read image {label}: {error}") from None
+
+
+def image_size(source: Any) -> tuple[int, int] | None:
+    """(width, height) from the image header without decoding pixels; None if it cannot be read."""
+    try:
+        if isinstance(source, ImageBytes):
+            with Image.open(io.BytesIO(source.data)) as image:
+                return image.size
+        with Image.open(Path(source)) as image:
+            return image.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None

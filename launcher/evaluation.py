@@ -1,0 +1,385 @@
+"""One whole run: topology, model, every task (plan, run, merge, score), the manifest and the exit code.
+
+Coordination goes through the store, never through barriers: rank 0 publishes each task's plan (the
+attempt number and the ids already journaled), every process runs its batches and says `done`, rank 0
+merges and scores. A failure anywhere ends every process quickly (see coordination.py) with one report.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from eval_scripts.base import Item, Task, TaskInputs
+from eval_scripts.registry import get_task
+from launcher.cli import RunConfig
+from launcher.coordination import (Coordinator, describe_failure, exit_now, format_exception, now_iso,
+                                   root_cause_report)
+from launcher.errors import (EXIT_DONE, EXIT_PEER_FAILED, EXIT_PREEMPTED, EXIT_USER_ERROR, PeerFailedError,
+                             PreemptedError, UserError)
+from launcher.gather import gather_rows_to_main, merge_rows
+from launcher.images import image_size
+from launcher.journal import Journal, journal_path, next_attempt, read_journal, read_journals
+from launcher.outputs import (atomic_write_json, atomic_write_jsonl, check_fingerprint, checkpoint_identity,
+                              git_revision, versions)
+from launcher.runner import StopFlag, StoreAddress, install_signal_handlers, run_batches
+from launcher.scheduler import contiguous_shard, cost_batches
+from launcher.topology import Topology, connect, detect, disconnect
+
+PREEMPT_GRACE_SECONDS = 10.0
+DEAD_PEER_SETTLE_SECONDS = 2.5
+FOREVER = float("inf")
+
+
+class Evaluation:
+    """State of one process's run; `run()` returns the process exit code."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.topology: Topology | None = None
+        self.store = None
+        self.coordinator: Coordinator | None = None
+        self.stop = StopFlag()
+        self.manifest: dict[str, Any] = {"status": "running", "started": now_iso(),
+                                         "arguments": config.to_json(), "tasks": {}}
+        self._ending = threading.Lock()
+
+    # ----- output
+    def log(self, message: str, all_ranks: bool = False) -> None:
+        rank = self.topology.rank if self.topology else 0
+        if rank == 0 or self.config.verbose or all_ranks:
+            prefix = "[launcher]" if self.topology is None or self.topology.world_size == 1 else f"[rank {rank}]"
+            print(f"{prefix} {message}", file=sys.stderr, flush=True)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.config.resolved_out_dir
+
+    # ----- the run
+    def run(self) -> int:
+        try:
+            self._setup()
+            tasks = [get_task(name) for name in self.config.tasks]
+            adapter = self._load_model()
+            for task in tasks:
+                self._evaluate(task, adapter)
+            self._finish()
+            return EXIT_DONE
+        except PreemptedError as stopped:
+            return self._end_preempted(str(stopped))
+        except PeerFailedError as error:
+            return self._end_failed(None, str(error), EXIT_PEER_FAILED)
+        except UserError as error:
+            return self._end_failed("user-error", str(error), EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            return self._end_failed("interrupted", "interrupted (Ctrl-C)", EXIT_PEER_FAILED)
+        except Exception as error:  # a bug: report it with its traceback, once
+            return self._end_failed("exception", f"{type(error).__name__}: {error}", 1, format_exception(error))
+
+    def _setup(self) -> None:
+        config = self.config
+        self.topology = detect(config.gpus_per_model, config.auto)
+        self.store = connect(self.topology, config.timeout)
+        self.coordinator = Coordinator(self.store, self.topology, config.stall_timeout,
+                                       on_peer_failure=self._on_peer_failure)
+        self.coordinator.tick_callbacks.append(self._check_preempt_grace)
+        install_signal_handlers(self.stop)
+        self.coordinator.start()
+        self.manifest["topology"] = {"world_size": self.topology.world_size, "launcher": self.topology.launcher,
+                                     "job_id": self.topology.job_id}
+        self.log(f"{self.topology.world_size} process(es), launcher {self.topology.launcher}; "
+                 f"this process: host {self.topology.hostname}, "
+                 f"{'GPUs ' + ','.join(map(str, self.topology.gpus)) if self.topology.gpus else 'CPU'}")
+
+    def _load_model(self):
+        import torch
+
+        from launcher.loading import load_adapter
+
+        topology = self.topology
+        devices = [torch.device("cuda", gpu) for gpu in topology.gpus] or [torch.device("cpu")]
+        self.coordinator.set_phase("loading model")
+        started = time.perf_counter()
+        adapter = load_adapter(self.config, devices)
+        seconds = time.perf_counter() - started
+        description = adapter.describe()
+        self.store.set(f"info/{topology.rank}", json.dumps({"topology": topology.to_json(), "model": description,
+                                                           "load_seconds": round(seconds, 3)}, default=str))
+        self.log(f"model loaded in {seconds:.1f} s: {description.get('adapter')} ({description.get('dtype')})")
+        return adapter
+
+    def _task_inputs(self) -> TaskInputs:
+        config = self.config
+        return TaskInputs(data_root=config.data_root, image_root=config.resolved_image_root, data_file=config.data,
+                          metric=config.metric, allow_outside_root=config.allow_outside_root)
+
+    def _evaluate(self, task: Task, adapter) -> None:
+        config, topology, store = self.config, self.topology, self.store
+        inputs = self._task_inputs()
+        self.coordinator.set_phase(f"loading data of {task.name}")
+        items = task.load(inputs)
+        settings = config.generation(task.max_new_tokens)
+        task_dir = self.out_dir / task.name
+        plan_key = f"plan/{task.name}"
+        if topology.rank == 0:
+            fingerprint = {"model": checkpoint_identity(config.checkpoint), "task": task.fingerprint(inputs),
+                           "generation": settings.to_json(), "model_settings": _model_settings(config, adapter)}
+            check_fingerprint(task_dir, fingerprint, config.overwrite)
+            finished = read_journals(task_dir)
+            attempt = next_attempt(task_dir)
+            store.set(plan_key, json.dumps({"attempt": attempt, "finished": sorted(finished)}))
+        else:
+            self.coordinator.wait_for([plan_key], f"rank 0's plan for {task.name}", config.timeout)
+        plan = json.loads(store.get(plan_key))
+        attempt, finished_ids = plan["attempt"], set(plan["finished"])
+        prompts = [task.prompt(item) for item in items]
+        pending = [index for index, item in enumerate(items) if item.id not in finished_ids]
+        self.log(f"{task.name}: {len(items)} items, {len(items) - len(pending)} already done, attempt {attempt}, "
+                 f"schedule {config.schedule}, batch size {config.batch_size}")
+        dynamic = config.schedule == "dynamic" and topology.world_size > 1
+        if dynamic:
+            costs = self._costs(adapter, items, prompts, pending)
+            batches = cost_batches(pending, costs, config.batch_size)
+        else:
+            shard = [pending[i] for i in contiguous_shard(len(pending), topology.rank, topology.world_size)]
+            costs = self._costs(adapter, items, prompts, shard)
+            batches = cost_batches(shard, costs, config.batch_size)
+        progress = _Progress(self, task.name, total=len(items), initial=len(items) - len(pending))
+        journal = Journal(journal_path(task_dir, topology.rank, attempt))
+        try:
+            result = run_batches(
+                task=task, items=items, prompts=prompts, batches=batches, adapter=adapter, settings=settings,
+                journal=journal, on_bad_item=config.on_bad_item, num_workers=config.num_workers,
+                pin_memory=bool(topology.gpus), queue_key=f"queue/{task.name}/{attempt}" if dynamic else None,
+                store=store, store_address=self._store_address() if dynamic else None, stop=self.stop,
+                on_batch_done=progress.advance, set_phase=self.coordinator.set_phase)
+        finally:
+            journal.close()
+        self.coordinator.set_phase(f"done with {task.name}")
+        store.set(f"done/{task.name}/{topology.rank}", json.dumps(
+            {"items": result.items_done, "batches": result.batches, "skipped": result.skipped,
+             "oom_splits": result.oom_splits, "seconds": round(result.seconds, 3), "host": topology.hostname}))
+        if config.no_shared_fs:
+            own_rows = _rows_of(journal.path)
+            self.coordinator.set_phase("collective: gather predictions")
+            gathered = gather_rows_to_main(own_rows, topology.rank, topology.world_size)
+            self.coordinator.set_phase(f"done with {task.name}")
+        if topology.rank != 0:
+            return
+        done_keys = [f"done/{task.name}/{rank}" for rank in range(topology.world_size)]
+        self.coordinator.wait_for(done_keys, f"every process to finish {task.name}", FOREVER)
+        progress.close()
+        per_rank = [json.loads(value) for value in store.multi_get(done_keys)] if hasattr(store, "multi_get") \
+            else [json.loads(store.get(key)) for key in done_keys]
+        row_sets = [read_journals(task_dir)]
+        if config.no_shared_fs:
+            row_sets += [rows for rows in gathered if rows]
+        predictions = merge_rows(items, row_sets)
+        atomic_write_jsonl(task_dir / "predictions.jsonl", predictions)
+        score = task.score(predictions)
+        metrics = score.to_json(task.name)
+        atomic_write_json(task_dir / "metrics.json", metrics)
+        self.manifest["tasks"][task.name] = {
+            "n": len(items), "attempt": attempt, "metrics": metrics, "per_rank": per_rank,
+            "oom_splits": sum(entry["oom_splits"] for entry in per_rank),
+            "predictions": str(task_dir / "predictions.jsonl")}
+        self._write_manifest("running")
+        self.log(f"{task.name}: {score.metric} = {score.score:.2f} ({score.scale}, n={score.n}"
+                 f"{f', skipped {score.n_skipped}' if score.n_skipped else ''}) -> {task_dir}")
+        extra = {key: value for key, value in score.metrics.items() if key != score.metric}
+        if extra:
+            self.log(f"{task.name}: " + ", ".join(f"{key} {_fmt(value)}" for key, value in extra.items()))
+
+    def _costs(self, adapter, items: Sequence[Item], prompts: Sequence[str], indices: Sequence[int]) -> dict:
+        costs: dict[int, float] = {}
+        for index in indices:
+            sizes = [image_size(source) for source in items[index].images]
+            costs[index] = float(adapter.estimate_cost(items[index], prompts[index], [s for s in sizes if s]))
+        return costs
+
+    def _store_address(self) -> StoreAddress:
+        return StoreAddress(self.topology.master_addr, self.topology.master_port,
+                            f"launcher/restart{self.topology.restart_count}")
+
+    # ----- endings
+    def _finish(self) -> None:
+        topology = self.topology
+        if topology.rank == 0:
+            self._write_manifest("done")
+            self.log(f"done: results in {self.out_dir}")
+            others = [f"exit/{rank}" for rank in range(1, topology.world_size)]
+            # Rank 0 may serve the store: leave only after everyone else has (they still use it until then).
+            self.coordinator.wait_for(others, "the other processes to leave", self.config.timeout)
+        self.coordinator.leave()
+        disconnect()
+
+    def _write_manifest(self, status: str, extra: dict | None = None) -> None:
+        manifest = dict(self.manifest, status=status, updated=now_iso(), versions=versions(),
+                        git_revision=git_revision())
+        if self.store is not None and self.topology is not None:
+            manifest["processes"] = self._process_info()
+        if extra:
+            manifest.update(extra)
+        atomic_write_json(self.out_dir / "run.json", manifest)
+
+    def _process_info(self) -> list[dict]:
+        info = []
+        for rank in range(self.topology.world_size):
+            key = f"info/{rank}"
+            try:
+                if self.store.check([key]):
+                    info.append(json.loads(self.store.get(key)))
+            except Exception:
+                break
+        return info
+
+    def _claim_reporter(self) -> bool:
+        """One process writes run.json and the full report: rank 0 if alive, else the first to notice."""
+        if self.store is None or self.topology is None or self.topology.world_size == 1:
+            return True
+        if self.topology.rank != 0:
+            time.sleep(1.0)  # let a live rank 0 claim first
+        try:
+            return self.store.compare_set("reporter", "", str(self.topology.rank)) == str(self.topology.rank)
+        except Exception:
+            return True  # the store is gone (its host died): everyone writes the same verdict atomically
+
+    def _end_failed(self, kind: str | None, message: str, code: int, traceback: str | None = None) -> int:
+        """This process hit an error (kind set) or learned of a peer's (kind None). Returns the exit code."""
+        with self._ending:
+            coordinator = self.coordinator
+            if kind is not None:
+                if traceback:
+                    print(traceback, file=sys.stderr, end="", flush=True)
+                else:
+                    print(f"error: {message}", file=sys.stderr, flush=True)
+            if coordinator is None:
+                return code
+            coordinator.handling_own_failure = True
+            if kind is not None:
+                items = coordinator.phase().get("items", [])
+                root = coordinator.record_failure(kind, message, items=items, traceback=traceback)
+            else:
+                root = coordinator.failure() or {"rank": "?", "host": "?", "kind": "failed", "message": message}
+            if root.get("kind") == "user-error":
+                code = EXIT_USER_ERROR
+            self._report(root)
+            coordinator.leave()
+            return code
+
+    def _report(self, root: dict) -> None:
+        """Write run.json's verdict and print the root-cause report (reporter) or one line (others)."""
+        status = "stalled" if root.get("kind") == "stalled" else "failed"
+        if self._claim_reporter():
+            others = self.coordinator.all_failures() if self.coordinator else []
+            report_root = dict(root)
+            if root.get("traceback") and root.get("rank") == (self.topology.rank if self.topology else 0):
+                report_root["traceback"] = None  # already printed above by this process, once
+            if self.topology is None or self.topology.world_size > 1 or root.get("kind") != "user-error":
+                print(root_cause_report(report_root, others), file=sys.stderr, flush=True)
+            try:
+                self._write_manifest(status, {"root_cause": root, "failures": others})
+            except OSError as error:
+                print(f"error: could not write {self.out_dir / 'run.json'}: {error}", file=sys.stderr)
+        elif root.get("rank") != (self.topology.rank if self.topology else None):
+            self.log(f"stopping: {describe_failure(root)}", all_ranks=True)
+
+    def _on_peer_failure(self, root: dict) -> None:
+        """Monitor thread: a peer failed or stalled. End this process now (the journal is durable)."""
+        if not self._ending.acquire(blocking=False):
+            return
+        self.coordinator.handling_own_failure = True
+        self._report(root)
+        self.coordinator.leave_without_join()
+        exit_now(EXIT_USER_ERROR if root.get("kind") == "user-error" else EXIT_PEER_FAILED)
+
+    def _end_preempted(self, reason: str) -> int:
+        with self._ending:
+            return self._preempted_verdict(reason)
+
+    def _preempted_verdict(self, reason: str) -> int:
+        coordinator = self.coordinator
+        coordinator.handling_own_failure = True
+        coordinator.set_phase("stopping")
+        # torchrun and `srun -K` SIGTERM the survivors when a rank dies: that is a failure, not a preemption.
+        # The watchers see a dead peer's closed socket within a beat; wait that long before deciding.
+        time.sleep(DEAD_PEER_SETTLE_SECONDS)
+        root = coordinator.failure()
+        if root is not None:
+            self._report(root)
+            coordinator.leave()
+            return EXIT_PEER_FAILED
+        self.log(f"{reason}: journals are flushed; rerun the same command to resume", all_ranks=True)
+        try:
+            self.store.set(f"preempted/{self.topology.rank}", reason)
+        except Exception:
+            pass
+        if self._claim_reporter():
+            self._write_manifest("preempted", {"stopped_by": self.stop.signal_name})
+        coordinator.leave()
+        return EXIT_PREEMPTED
+
+    def _check_preempt_grace(self, _store) -> None:
+        """Monitor thread: the main thread got SIGTERM/SIGUSR1 but is still inside a long batch."""
+        if self.stop.raised_at is None or time.monotonic() - self.stop.raised_at < PREEMPT_GRACE_SECONDS:
+            return
+        if not self._ending.acquire(blocking=False):
+            return
+        code = self._preempted_verdict(f"stopped by {self.stop.signal_name} (batch in hand abandoned)")
+        exit_now(code)
+
+
+class _Progress:
+    """Rank 0's bar counts every process's finished items (a counter on the store), with an ETA."""
+
+    def __init__(self, evaluation: Evaluation, task_name: str, total: int, initial: int) -> None:
+        self.evaluation = evaluation
+        self.key = f"progress/{task_name}"
+        self.initial = initial
+        self.bar = None
+        self._lock = threading.Lock()
+        topology = evaluation.topology
+        if topology.rank == 0:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=task_name, unit="item", dynamic_ncols=True,
+                            file=sys.stderr, mininterval=0.5)
+            evaluation.coordinator.tick_callbacks.append(self._refresh)
+
+    def advance(self, count: int, _ids: Sequence[str]) -> None:
+        total = self.evaluation.store.add(self.key, count)
+        if self.bar is not None:
+            self._set(self.initial + total)
+
+    def _refresh(self, store) -> None:
+        self._set(self.initial + store.add(self.key, 0))
+
+    def _set(self, value: int) -> None:
+        with self._lock:
+            if self.bar is not None and value > self.bar.n:
+                self.bar.update(value - self.bar.n)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.bar is not None:
+                self.evaluation.coordinator.tick_callbacks.remove(self._refresh)
+                self.bar.close()
+                self.bar = None
+
+
+def _rows_of(path: Path) -> dict[str, dict]:
+    return {str(row["id"]): row for row in read_journal(path)} if path.exists() else {}
+
+
+def _model_settings(config: RunConfig, adapter) -> dict:
+    description = adapter.describe()
+    return {"dtype": str(description.get("dtype")), "load_in_8bit": config.load_in_8bit,
+            "load_in_4bit": config.load_in_4bit, "dynamic": config.dynamic, "max_num": config.max_num,
+            "few_shot": config.few_shot}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,60 @@
+"""Which items a process runs, and in which batches.
+
+* static: InternVL's contiguous shards (ranks below N mod W get one more item), no duplicates, no padding;
+  each shard is then cut into batches of similar cost.
+* dynamic: every process cuts the same cost-sorted list into the same batches, longest first; processes
+  claim batch numbers from an atomic counter on the coordination store until none is left, so a slow
+  process simply takes fewer batches.
+
+Everything but `WorkQueue` is pure: plain values in, plain values out.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+
+def contiguous_shard(num_items: int, rank: int, world_size: int) -> range:
+    """Indices of `rank`'s contiguous shard: the first N mod W ranks get one item more."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of {world_size}")
+    base, extra = divmod(num_items, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def cost_batches(indices: Sequence[int], costs: Sequence[float], batch_size: int) -> list[list[int]]:
+    """Cut `indices` into batches of items of similar cost, most expensive first.
+
+    Sorting by cost keeps padding small (items of a batch have similar tile counts and prompt lengths) and
+    puts the longest work first, so the dynamic queue's tail is made of short batches. Ties keep dataset
+    order, so the result is the same on every process.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    ordered = sorted(indices, key=lambda index: (-costs[index], index))
+    return [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
+
+
+def static_batches(indices: Sequence[int], costs: Sequence[float], batch_size: int,
+                   rank: int, world_size: int) -> list[list[int]]:
+    """This rank's batches under the static schedule: its contiguous shard of `indices`, cost-grouped."""
+    shard = contiguous_shard(len(indices), rank, world_size)
+    return cost_batches([indices[position] for position in shard], costs, batch_size)
+
+
+class WorkQueue:
+    """Batch numbers handed out by an atomic counter on the store: each number goes to exactly one caller."""
+
+    def __init__(self, store, key: str, num_batches: int) -> None:
+        self._store = store
+        self._key = key
+        self.num_batches = num_batches
+
+    def claim(self) -> int | None:
+        """The next unclaimed batch number, or None when every batch is taken."""
+        number = self._store.add(self._key, 1) - 1
+        return number if number < self.num_batches else None
+
+    def __iter__(self) -> Iterator[int]:
+        while (number := self.claim()) is not None:
+            yield number
