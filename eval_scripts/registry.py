@@ -6,12 +6,13 @@ import importlib
 from typing import Callable
 
 from eval_scripts.base import Task
+from launcher.errors import UserError
 
 _TASKS: dict[str, Callable[[], Task]] = {}
 _BUILTIN_MODULES = ("eval_scripts.vqa", "eval_scripts.synthetic")
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(UserError):
     pass
 
 

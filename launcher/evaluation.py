@@ -61,11 +61,15 @@ class Evaluation:
     # ----- the run
     def run(self) -> int:
         try:
-            self._setup()
             tasks = [get_task(name) for name in self.config.tasks]
+            self._setup()
+            # Bad data fails here, in seconds, before minutes of model loading.
+            self.coordinator.set_phase("loading data")
+            inputs = self._task_inputs()
+            task_items = [(task, task.load(inputs)) for task in tasks]
             adapter = self._load_model()
-            for task in tasks:
-                self._evaluate(task, adapter)
+            for task, items in task_items:
+                self._evaluate(task, items, adapter)
             self._finish()
             return EXIT_DONE
         except PreemptedError as stopped:
@@ -116,11 +120,9 @@ class Evaluation:
         return TaskInputs(data_root=config.data_root, image_root=config.resolved_image_root, data_file=config.data,
                           metric=config.metric, allow_outside_root=config.allow_outside_root)
 
-    def _evaluate(self, task: Task, adapter) -> None:
+    def _evaluate(self, task: Task, items: Sequence[Item], adapter) -> None:
         config, topology, store = self.config, self.topology, self.store
         inputs = self._task_inputs()
-        self.coordinator.set_phase(f"loading data of {task.name}")
-        items = task.load(inputs)
         settings = config.generation(task.max_new_tokens)
         task_dir = self.out_dir / task.name
         plan_key = f"plan/{task.name}"
@@ -243,7 +245,8 @@ class Evaluation:
         if self.topology.rank != 0:
             time.sleep(1.0)  # let a live rank 0 claim first
         try:
-            return self.store.compare_set("reporter", "", str(self.topology.rank)) == str(self.topology.rank)
+            mine = str(self.topology.rank).encode()
+            return self.store.compare_set("reporter", "", mine) == mine
         except Exception:
             return True  # the store is gone (its host died): everyone writes the same verdict atomically
 
@@ -251,24 +254,41 @@ class Evaluation:
         """This process hit an error (kind set) or learned of a peer's (kind None). Returns the exit code."""
         with self._ending:
             coordinator = self.coordinator
-            if kind is not None:
-                if traceback:
-                    print(traceback, file=sys.stderr, end="", flush=True)
-                else:
-                    print(f"error: {message}", file=sys.stderr, flush=True)
             if coordinator is None:
+                print(traceback or f"error: {message}", file=sys.stderr, flush=True)
                 return code
             coordinator.handling_own_failure = True
             if kind is not None:
                 items = coordinator.phase().get("items", [])
                 root = coordinator.record_failure(kind, message, items=items, traceback=traceback)
+                # Every rank often hits the same bad input: the rank whose record won prints it, once.
+                if root.get("observed_by") == self.topology.rank or kind == "exception" or self.config.verbose:
+                    print(traceback or f"error: {message}", file=sys.stderr, end="" if traceback else "\n",
+                          flush=True)
             else:
                 root = coordinator.failure() or {"rank": "?", "host": "?", "kind": "failed", "message": message}
             if root.get("kind") == "user-error":
                 code = EXIT_USER_ERROR
             self._report(root)
+            self._linger_as_store_server()
             coordinator.leave()
             return code
+
+    def _linger_as_store_server(self, seconds: float = 5.0) -> None:
+        """Rank 0 serves the store under srun and plain python: on a failure, give the live peers a few
+        seconds to read the verdict and leave before the store goes away with this process."""
+        topology = self.topology
+        if topology is None or topology.rank != 0 or topology.agent_store or topology.world_size == 1:
+            return
+        keys = [f"exit/{rank}" for rank in range(1, topology.world_size)]
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if all(self.store.check([key]) or self.store.check([f"failures/{key[5:]}"]) for key in keys):
+                    return
+            except Exception:
+                return
+            time.sleep(0.1)
 
     def _report(self, root: dict) -> None:
         """Write run.json's verdict and print the root-cause report (reporter) or one line (others)."""
@@ -278,14 +298,14 @@ class Evaluation:
             report_root = dict(root)
             if root.get("traceback") and root.get("rank") == (self.topology.rank if self.topology else 0):
                 report_root["traceback"] = None  # already printed above by this process, once
-            if self.topology is None or self.topology.world_size > 1 or root.get("kind") != "user-error":
+            if root.get("kind") != "user-error":  # a user error was printed above, as one message
                 print(root_cause_report(report_root, others), file=sys.stderr, flush=True)
             try:
                 self._write_manifest(status, {"root_cause": root, "failures": others})
             except OSError as error:
                 print(f"error: could not write {self.out_dir / 'run.json'}: {error}", file=sys.stderr)
-        elif root.get("rank") != (self.topology.rank if self.topology else None):
-            self.log(f"stopping: {describe_failure(root)}", all_ranks=True)
+        elif root.get("observed_by") != (self.topology.rank if self.topology else None):
+            self.log(f"stopping: {describe_failure(root)}", all_ranks=root.get("kind") != "user-error")
 
     def _on_peer_failure(self, root: dict) -> None:
         """Monitor thread: a peer failed or stalled. End this process now (the journal is durable)."""
@@ -293,6 +313,7 @@ class Evaluation:
             return
         self.coordinator.handling_own_failure = True
         self._report(root)
+        self._linger_as_store_server()
         self.coordinator.leave_without_join()
         exit_now(EXIT_USER_ERROR if root.get("kind") == "user-error" else EXIT_PEER_FAILED)
 
@@ -363,6 +384,8 @@ class _Progress:
                 self.bar.update(value - self.bar.n)
 
     def close(self) -> None:
+        if self.bar is not None:
+            self._refresh(self.evaluation.store)
         with self._lock:
             if self.bar is not None:
                 self.evaluation.coordinator.tick_callbacks.remove(self._refresh)

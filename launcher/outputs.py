@@ -81,12 +81,15 @@ def check_fingerprint(task_dir: Path, fingerprint: Mapping[str, Any], overwrite:
 
 
 def versions() -> dict[str, str]:
+    """Installed versions of what a result depends on (read from package metadata: importing
+    bitsandbytes just to ask would load its kernels)."""
+    from importlib import metadata
+
     found = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "accelerate", "bitsandbytes", "tqdm", "PIL"):
+    for name in ("torch", "transformers", "accelerate", "bitsandbytes", "tqdm", "pillow"):
         try:
-            module = __import__(name)
-            found[name] = getattr(module, "__version__", "?")
-        except Exception:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             continue
     return found
 

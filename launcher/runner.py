@@ -7,6 +7,7 @@ process holds at most `num_workers` batches ahead of its generation.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import signal
 import threading
@@ -33,6 +34,11 @@ class PreparedBatch:
     indices: list[int]
     inputs: Any
     skipped: dict[int, str] = field(default_factory=dict)    # item index -> reason
+
+    def pin_memory(self) -> "PreparedBatch":
+        """Called by the DataLoader's pinning thread, so the copy to the GPU overlaps generation."""
+        inputs = self.inputs.pin_memory() if self.inputs is not None else None
+        return dataclasses.replace(self, inputs=inputs)
 
 
 @dataclass(frozen=True)

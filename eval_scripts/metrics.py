@@ -1,0 +1,264 @@
+"""Per-item answer metrics for VQA-style benchmarks, as pure functions of (prediction, reference).
+
+Every per-item metric returns a float in [0, 1] (``relaxed_accuracy`` returns a bool for one target);
+``METRICS`` maps the names accepted by ``--metric`` to a uniform ``(prediction, answer) -> float``
+where ``answer`` is one reference string or a list of them; ``mean_percent`` turns per-item values into
+the headline percentage.
+
+What each metric follows, and where we deliberately differ:
+
+``vqa_accuracy`` (VQAv2, OK-VQA, TextVQA, VizWiz)
+    The VQA soft accuracy: both the prediction and every reference are normalised (lower case; ``,`` and
+    ``?`` dropped; ``'s`` split off; other punctuation removed or turned into spaces; a period removed
+    unless a digit follows; number words ``zero``..``ten`` and ``none`` to digits; articles dropped;
+    apostrophe-less contractions such as ``dont`` restored), then the score is the mean, over the
+    leave-one-out subsets of the references, of ``min(1, matches / 3)`` where ``matches`` counts the
+    references in the subset equal to the prediction. With 10 references: 3 agreeing -> 0.9,
+    2 -> 0.6, 1 -> 0.3, 4 or more -> 1.0.
+
+    * We normalise exactly as InternVL's scorer does (the EvalAI answer processor in its
+      ``eval/vqa/textvqa_eval.py``), which is what its published numbers use. The official
+      ``vqaEval.py`` differs in two ways that we do NOT reproduce: it skips punctuation
+      normalisation of the references when all of them are identical, and it never applies the
+      number/article/contraction step to references. Normalising both sides identically only
+      matters for unnormalised references (e.g. ten copies of ``"Yes."`` against the prediction
+      ``yes``: official 0.0, ours 1.0), which the released annotation files do not contain.
+    * The reference table of contractions has one quirk (``somebody'd`` rewritten to ``somebodyd``)
+      that we leave out; since both sides are normalised alike it cannot change a match between
+      normalised texts.
+    * Other than 10 references (the official scorers require exactly 10): the same leave-one-out mean
+      over all n references with the agreement threshold ``min(3, n - 1)``, so that unanimous
+      references always give 1.0 (2 references: each leave-one-out subset holds one answer;
+      3 references: two agreeing answers suffice). With 11 or more the threshold stays 3. One
+      reference: 1.0 on a normalised exact match, else 0.0.
+
+``anls`` (DocVQA, InfographicVQA)
+    Average Normalised Levenshtein Similarity, as the RRC evaluation script InternVL runs
+    (``infographicsvqa_eval.py``): both sides lower-cased, stripped and whitespace-collapsed; per
+    reference ``1 - distance / max(len)``; the best reference wins; a similarity below ``threshold``
+    (0.5) scores 0. A similarity of exactly 0.5 is kept (as that script does; the ANLS paper's
+    ``NL < tau`` rule would zero it).
+
+``relaxed_accuracy`` (ChartQA)
+    Correct when both texts are numbers and the prediction is within ``tolerance`` (5%) of the TARGET,
+    relative to the target: ``|p - t| / |t| <= 0.05``. A trailing ``%`` divides by 100 (so ``"50%"``
+    and ``"0.5"`` agree, ``"50%"`` and ``"50"`` do not). Anything else, including numbers written
+    with thousands separators or units, falls back to case-insensitive equality of the stripped texts.
+
+    * InternVL calls pix2struct's function with prediction and target swapped, so its tolerance is
+      relative to the prediction; we do not (target 100, prediction 105.2 is wrong here).
+    * A target of 0 needs a prediction of exactly 0 (pix2struct compares the strings then, so ``"0"``
+      vs ``"0.0"`` fails there and passes here). ``nan`` and ``inf`` count as text, not numbers.
+
+``exact_match`` (AI2D; InternVL's ``accuracy`` for non-GQA sets)
+    1.0 when the stripped, lower-cased prediction equals a stripped, lower-cased reference.
+
+``gqa_accuracy`` (GQA)
+    InternVL converts each prediction with ``rstrip('.').lower()`` and GQA's ``eval.py`` then compares it
+    with the gold answer exactly. We do the same, also stripping surrounding whitespace on both sides
+    and lower-casing the gold answer (GQA's answers are lower case already).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, Iterable, Sequence, Union
+
+Answers = Union[str, Sequence[str]]
+
+# --------------------------------------------------------------------------- VQA normalisation
+
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+_ARTICLES = frozenset({"a", "an", "the"})
+# Removed (or replaced by a space) by the punctuation step. Not in the list, deliberately: the period
+# (its own rule), the apostrophe (contractions), ':' '%' '$' '&' '#' '*' and the like (kept as text).
+_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<",
+                "@", "`", ",", "?", "!")
+# A period not followed by a digit ("3.5" keeps its point, "yes." and "a.m." lose theirs).
+_PERIOD_NOT_DECIMAL = re.compile(r"\.(?!\d)")
+
+# Canonical contractions of the VQA evaluation. Each is restored from any spelling that lacks exactly
+# one of its apostrophes ("dont" -> "don't", "couldnt've" and "couldn'tve" -> "couldn't've"), which
+# reproduces the official lookup table. Forms such as "its", "well" or "were" are not listed, so those
+# real words are never rewritten.
+_CANONICAL_CONTRACTIONS = """
+    ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't
+    haven't he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am mightn't mightn't've
+    might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd've should've
+    shouldn't shouldn't've somebody'd've somebody'll somebody's someone'd someone'd've someone'll
+    someone's something'd something'd've something'll that's there'd there'd've there're there's
+    they'd they'd've they'll they're they've 'twas wasn't we'd've we've weren't what'll what're what's
+    what've when's where'd where's where've who'd who'd've who'll who's who've why'll why're why's
+    won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're you've
+""".split()
+
+
+def _contraction_table(canonical: Iterable[str]) -> dict[str, str]:
+    table: dict[str, str] = {}
+    for word in canonical:
+        for position, character in enumerate(word):
+            if character == "'":
+                table[word[:position] + word[position + 1:]] = word
+    return table
+
+
+_CONTRACTIONS = _contraction_table(_CANONICAL_CONTRACTIONS)
+
+
+def _strip_punctuation(text: str) -> str:
+    # A mark touching a space is a separator already ("yes !"): delete it. A mark inside a word
+    # ("black-white") becomes a space so the two words stay apart. The test looks at the input text,
+    # not the partly cleaned one, as the reference implementation does.
+    cleaned = text
+    for mark in _PUNCTUATION:
+        if mark + " " in text or " " + mark in text:
+            cleaned = cleaned.replace(mark, "")
+        else:
+            cleaned = cleaned.replace(mark, " ")
+    return _PERIOD_NOT_DECIMAL.sub("", cleaned)
+
+
+def normalize_vqa_answer(text: str) -> str:
+    """The VQA answer normalisation (see the module docstring); applied to predictions and references."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's")
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    text = _strip_punctuation(text)
+    words = []
+    for word in text.split():
+        word = _NUMBER_WORDS.get(word, word)
+        if word in _ARTICLES:
+            continue
+        words.append(_CONTRACTIONS.get(word, word))
+    return " ".join(words)
+
+
+def _answer_list(answers: Answers) -> list[str]:
+    """One reference or several, as a non-empty list of strings (numbers are written as text)."""
+    if isinstance(answers, str):
+        return [answers]
+    if isinstance(answers, (int, float)) and not isinstance(answers, bool):
+        return [str(answers)]
+    listed = [answer if isinstance(answer, str) else str(answer) for answer in answers]
+    if not listed:
+        raise ValueError("no reference answers to score against")
+    return listed
+
+
+def vqa_accuracy(prediction: str, answers: Answers) -> float:
+    """VQA soft accuracy of one prediction against its annotators' answers (normally 10)."""
+    references = [normalize_vqa_answer(answer) for answer in _answer_list(answers)]
+    predicted = normalize_vqa_answer(prediction)
+    count = len(references)
+    if count == 1:
+        return 1.0 if predicted == references[0] else 0.0
+    # Leave one reference out at a time; within the other n - 1, min(3, n - 1) matches give full credit.
+    needed = min(3, count - 1)
+    total_matches = sum(1 for reference in references if reference == predicted)
+    score = 0.0
+    for reference in references:
+        matches_among_others = total_matches - (1 if reference == predicted else 0)
+        score += min(1.0, matches_among_others / needed)
+    return score / count
+
+
+# --------------------------------------------------------------------------- ANLS
+
+
+def levenshtein_distance(first: str, second: str) -> int:
+    """Edit distance (insertions, deletions, substitutions of one character, each costing 1)."""
+    if len(first) < len(second):
+        first, second = second, first
+    previous = list(range(len(second) + 1))
+    for row, first_char in enumerate(first, start=1):
+        current = [row]
+        for column, second_char in enumerate(second, start=1):
+            current.append(min(previous[column] + 1,              # delete from first
+                               current[column - 1] + 1,           # insert into first
+                               previous[column - 1] + (first_char != second_char)))
+        previous = current
+    return previous[-1]
+
+
+def _anls_text(text: str) -> str:
+    return " ".join(text.strip().lower().split())
+
+
+def anls(prediction: str, answers: Answers, threshold: float = 0.5) -> float:
+    """Normalised Levenshtein similarity to the closest reference; below `threshold` it counts as 0."""
+    predicted = _anls_text(prediction)
+    best = 0.0
+    for answer in _answer_list(answers):
+        reference = _anls_text(answer)
+        longest = max(len(reference), len(predicted))
+        distance = 0.0 if longest == 0 else levenshtein_distance(reference, predicted) / longest
+        best = max(best, 1.0 - distance)
+    return best if best >= threshold else 0.0
+
+
+# --------------------------------------------------------------------------- relaxed accuracy
+
+
+def _as_number(text: str) -> float | None:
+    """A float for plain numbers and percentages ("12", "-3.5", "1e3", "45%" -> 0.45), else None."""
+    percent = text.endswith("%")
+    try:
+        value = float(text[:-1] if percent else text)
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    return value / 100.0 if percent else value
+
+
+def relaxed_accuracy(prediction: str, target: str, tolerance: float = 0.05) -> bool:
+    """ChartQA's relaxed correctness: numbers within `tolerance` relative to the target, else equal text."""
+    predicted_text, target_text = str(prediction).strip(), str(target).strip()
+    predicted_number, target_number = _as_number(predicted_text), _as_number(target_text)
+    if predicted_number is not None and target_number is not None:
+        if target_number == 0:
+            return predicted_number == 0
+        return abs(predicted_number - target_number) / abs(target_number) <= tolerance
+    return predicted_text.lower() == target_text.lower()
+
+
+# --------------------------------------------------------------------------- exact matches
+
+
+def exact_match(prediction: str, answers: Answers) -> float:
+    """1.0 when the prediction equals one of the references, ignoring case and surrounding spaces."""
+    predicted = prediction.strip().lower()
+    return 1.0 if any(predicted == answer.strip().lower() for answer in _answer_list(answers)) else 0.0
+
+
+def gqa_accuracy(prediction: str, answers: Answers) -> float:
+    """GQA accuracy: trailing periods dropped, lower case, then exact equality with the gold answer."""
+    predicted = prediction.strip().rstrip(".").strip().lower()
+    return 1.0 if any(predicted == answer.strip().lower() for answer in _answer_list(answers)) else 0.0
+
+
+def _best_relaxed_accuracy(prediction: str, answers: Answers) -> float:
+    return 1.0 if any(relaxed_accuracy(prediction, target) for target in _answer_list(answers)) else 0.0
+
+
+# --------------------------------------------------------------------------- registry and aggregation
+
+ItemMetric = Callable[[str, Answers], float]
+
+METRICS: dict[str, ItemMetric] = {
+    "vqa_accuracy": vqa_accuracy,
+    "anls": anls,
+    "relaxed_accuracy": _best_relaxed_accuracy,   # best over the targets when several are given
+    "exact_match": exact_match,
+    "gqa_accuracy": gqa_accuracy,
+}
+
+
+def mean_percent(values: Iterable[float | bool]) -> float:
+    """The mean of per-item scores in [0, 1], as a percentage; an empty input is an error."""
+    listed = [float(value) for value in values]
+    if not listed:
+        raise ValueError("no values to average")
+    return 100.0 * sum(listed) / len(listed)

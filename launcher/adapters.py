@@ -1,0 +1,478 @@
+"""How a model family turns items into inputs and generated text.
+
+An `Adapter` splits the work of one batch in two:
+
+* `collate(items, prompts, images)`: all CPU work (tiling, pixel values, chat template,
+  tokenisation, left padding). It runs in DataLoader worker processes (forked), so it never touches
+  CUDA; it returns a `ModelInputs`, whose `pin_memory()` lets the DataLoader pin it.
+* `generate(batch, settings)`: moves the batch to the model's first device (non_blocking: the copy
+  overlaps when the batch is pinned), runs greedy or beam search, returns the decoded texts in
+  batch order, special tokens removed and whitespace stripped.
+
+Adapters:
+
+* `NativeImageTextAdapter`: transformers-native image-text-to-text models (InternVL `-hf`, LLaVA,
+  Qwen2-VL, ...): the processor's chat template (one image part per image, then the prompt), the
+  processor, `model.generate`. InternVL's `--dynamic --max-num M` reach its processor through
+  `tiling.native_processor_kwargs`.
+* `InternVLChatAdapter`: remote-code InternVLChatModel checkpoints. Tiling by `launcher.tiling`
+  (InternVL's `dynamic_preprocess` + `build_transform`), the query built exactly as InternVL's
+  `chat` / `batch_chat` build it (the model's own conversation template and system message,
+  `<image>` -> `<img>` + `<IMG_CONTEXT>` x num_image_token x tiles + `</img>`), then the model's own
+  `generate(pixel_values, input_ids, attention_mask)`, as `batch_chat` does. We do not call
+  `batch_chat` itself because it tokenises inside the call (that work belongs in the workers) and
+  replaces only one `<image>` per question (no multi-image items); the tests check that our output
+  equals `batch_chat`'s and per-item `chat`'s.
+* `CausalLMAdapter`: text-only models (the tokenizer's chat template when it has one).
+
+Prompts and images (decisions):
+
+* The task's prompt carries no image placeholder; the adapter adds one per image. InternVL remote
+  code: one image -> `"<image>\\n" + prompt` (what `chat` prepends); several -> `"Image-1:
+  <image>\\nImage-2: <image>\\n" + prompt` (InternVL's multi-image convention); a prompt that
+  already holds exactly one `<image>` per image is used as is.
+* `estimate_cost` counts LLM tokens: prompt tokens plus image tokens (tiles x tokens per tile + 2
+  for the image start / end markers). `image_sizes` are PIL's `(width, height)`.
+* Sampling (`temperature > 0`) re-seeds torch with `settings.seed` before each generate call, so a
+  batch's output does not depend on what ran before it.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from eval_scripts.base import DataError, Item
+from launcher.errors import UserError
+from launcher.generation import GenerationSettings
+
+IMAGE_PLACEHOLDER = "<image>"
+IMG_START_TOKEN = "<img>"
+IMG_END_TOKEN = "</img>"
+IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
+
+
+@dataclass
+class ModelInputs:
+    """One collated batch: tensors for the model (CPU, maybe pinned) and plain values beside them."""
+
+    tensors: dict[str, torch.Tensor]
+    size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def pin_memory(self) -> "ModelInputs":
+        """Called by the DataLoader (pin_memory=True) so the host-to-GPU copy can be asynchronous."""
+        return ModelInputs({k: v.pin_memory() for k, v in self.tensors.items()}, self.size, dict(self.extra))
+
+    def to(self, device: torch.device, float_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The tensors on `device`; floating ones (pixel values) cast to `float_dtype`."""
+        moved = {}
+        for name, tensor in self.tensors.items():
+            if float_dtype is not None and tensor.is_floating_point():
+                moved[name] = tensor.to(device, dtype=float_dtype, non_blocking=True)
+            else:
+                moved[name] = tensor.to(device, non_blocking=True)
+        return moved
+
+
+def _first_device(model: Any) -> torch.device:
+    """Where inputs go: the device of the input embeddings (the first stage of a split model)."""
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return next(model.parameters()).device
+
+
+def _strip(texts: Sequence[str]) -> list[str]:
+    return [text.strip() for text in texts]
+
+
+class Adapter:
+    """Base class: see the module docstring for the contract of each method."""
+
+    name = "adapter"
+
+    def __init__(self, model: Any, tokenizer: Any, *, dtype: torch.dtype | None = None,
+                 device_map: dict[str, Any] | None = None, quantization: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.dtype = dtype if dtype is not None else getattr(model, "dtype", torch.float32)
+        self.device_map = dict(device_map or {})
+        self.quantization = quantization
+
+    def collate(self, items: Sequence[Item], prompts: Sequence[str],
+                images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
+        raise NotImplementedError
+
+    def generate(self, batch: ModelInputs, settings: GenerationSettings) -> list[str]:
+        raise NotImplementedError
+
+    def estimate_cost(self, item: Item, prompt: str, image_sizes: Sequence[tuple[int, int]]) -> float:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "adapter": self.name,
+            "model_class": type(self.model).__name__,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device_map": {k: str(v) for k, v in self.device_map.items()},
+            "quantization": self.quantization,
+            "tokenizer": type(self.tokenizer).__name__,
+        }
+
+    def _prompt_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    @staticmethod
+    def _seed(settings: GenerationSettings) -> None:
+        if settings.do_sample:
+            torch.manual_seed(settings.seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# transformers-native image-text-to-text models
+
+
+class _InternVLProcessorWithoutVideo:
+    """Factory of an InternVLProcessor where no video processor can exist (no torchvision).
+
+    transformers' ProcessorMixin checks every sub-processor's class; without torchvision the video
+    processor's base class is not importable and the check fails even for `None`. Images never need
+    the video processor, so the check is skipped for that one argument only.
+    """
+
+    _class: Any = None
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> Any:
+        if cls._class is None:
+            from transformers import InternVLProcessor
+
+            class InternVLProcessorWithoutVideo(InternVLProcessor):
+                def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+                    if argument is None and argument_name == "video_processor":
+                        return None
+                    return super().check_argument_for_proper_class(argument_name, argument)
+
+            cls._class = InternVLProcessorWithoutVideo
+        return cls._class(video_processor=None, **kwargs)
+
+
+def load_image_processor(path: str) -> Any:
+    """`AutoImageProcessor`, or (transformers 5.17 without torchvision, where AutoImageProcessor
+    refuses) the PIL-backend class named by preprocessor_config.json's `image_processor_type`."""
+    import json
+    from pathlib import Path
+
+    import transformers
+
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(path)
+    except (ImportError, ValueError) as error:
+        config_file = Path(path) / "preprocessor_config.json"
+        if not config_file.is_file():
+            raise UserError(f"--checkpoint {path}: no image processor (preprocessor_config.json): {error}") from None
+        type_name = json.loads(config_file.read_text()).get("image_processor_type", "")
+        base = type_name.removesuffix("Fast").removesuffix("Pil")
+        for candidate in (base + "Pil", base):
+            image_processor_class = getattr(transformers, candidate, None)
+            if image_processor_class is not None:
+                try:
+                    return image_processor_class.from_pretrained(path)
+                except ImportError:
+                    continue
+        raise UserError(f"--checkpoint {path}: cannot build its image processor {type_name!r} here: {error}") from None
+
+
+def load_processor(path: str, tokenizer: Any, model_config: Any) -> Any:
+    """The checkpoint's processor: `AutoProcessor`, else (InternVL without torchvision) one built from
+    the tokenizer and the image processor."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (ImportError, ValueError, TypeError, AttributeError, OSError) as error:
+        if getattr(model_config, "model_type", "") != "internvl":
+            raise UserError(f"--checkpoint {path}: cannot build its processor: {error}") from None
+    image_processor = load_image_processor(path)
+    folder = Path(path)
+    image_seq_length = int(getattr(model_config, "image_seq_length", 256))
+    processor_config = folder / "processor_config.json"
+    if processor_config.is_file():
+        image_seq_length = int(json.loads(processor_config.read_text()).get("image_seq_length", image_seq_length))
+    chat_template = getattr(tokenizer, "chat_template", None)
+    template_file = folder / "chat_template.jinja"
+    if template_file.is_file():
+        chat_template = template_file.read_text()
+    return _InternVLProcessorWithoutVideo.build(image_processor=image_processor, tokenizer=tokenizer,
+                                                image_seq_length=image_seq_length, chat_template=chat_template)
+
+
+class NativeImageTextAdapter(Adapter):
+    """Processor + `model.generate` with left padding (module docstring)."""
+
+    name = "native_image_text"
+
+    def __init__(self, model: Any, processor: Any, *, dynamic: bool = False, max_num: int = 6,
+                 **kwargs: Any) -> None:
+        super().__init__(model, processor.tokenizer, **kwargs)
+        self.processor = processor
+        # Batched generation continues every row from its last token: the padding must be on the left.
+        self.tokenizer.padding_side = "left"
+        self.dynamic, self.max_num = dynamic, max_num
+        self.processor_kwargs: dict[str, Any] = {}
+        if getattr(model.config, "model_type", "") == "internvl":
+            from launcher.tiling import native_processor_kwargs
+
+            self.processor_kwargs = dict(native_processor_kwargs(dynamic, max_num))
+        self.chat_template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        self.image_token = getattr(processor, "image_token", None) or "<image>"
+
+    def text(self, prompt: str, num_images: int) -> str:
+        """The model's chat-formatted text for one item: one image part per image, then the prompt."""
+        if self.chat_template:
+            content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": prompt}]
+            messages = [{"role": "user", "content": content}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                      chat_template=self.chat_template)
+        return "".join(self.image_token + "\n" for _ in range(num_images)) + prompt
+
+    def collate(self, items: Sequence[Item], prompts: Sequence[str],
+                images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
+        texts = [self.text(prompt, len(item_images)) for prompt, item_images in zip(prompts, images)]
+        flat = [image for item_images in images for image in item_images]
+        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        if flat:
+            kwargs["images"] = flat
+            kwargs.update(self.processor_kwargs)
+        encoded = self.processor(**kwargs)
+        tensors = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
+        return ModelInputs(tensors, len(texts))
+
+    @torch.inference_mode()
+    def generate(self, batch: ModelInputs, settings: GenerationSettings) -> list[str]:
+        inputs = batch.to(_first_device(self.model), self.dtype)
+        self._seed(settings)
+        output = self.model.generate(**inputs, **settings.generate_kwargs(),
+                                     pad_token_id=self.tokenizer.pad_token_id)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        return _strip(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+
+    def _image_tokens(self, width: int, height: int) -> int:
+        processor = self.processor
+        try:
+            counted = processor._get_num_multimodal_tokens(image_sizes=[(height, width)], **self.processor_kwargs)
+            return int(counted["num_image_tokens"][0])
+        except (AttributeError, KeyError, TypeError, ValueError, NotImplementedError):
+            return int(getattr(processor, "image_seq_length", None) or 256)
+
+    def estimate_cost(self, item: Item, prompt: str, image_sizes: Sequence[tuple[int, int]]) -> float:
+        return float(self._prompt_tokens(prompt) + sum(self._image_tokens(w, h) for w, h in image_sizes))
+
+    def describe(self) -> dict[str, Any]:
+        image_processor = getattr(self.processor, "image_processor", None)
+        return {**super().describe(), "processor": type(self.processor).__name__,
+                "image_processor": type(image_processor).__name__ if image_processor is not None else None,
+                "processor_kwargs": dict(self.processor_kwargs)}
+
+
+# ------------------------------------------------------------------------------------------------
+# InternVL remote-code chat models
+
+
+def internvl_question(prompt: str, num_images: int) -> str:
+    """The question InternVL's chat sees for a prompt with `num_images` images (module docstring)."""
+    if num_images and prompt.count(IMAGE_PLACEHOLDER) == num_images:
+        return prompt
+    if num_images == 0:
+        return prompt
+    if num_images == 1:
+        return IMAGE_PLACEHOLDER + "\n" + prompt
+    return "".join(f"Image-{i}: {IMAGE_PLACEHOLDER}\n" for i in range(1, num_images + 1)) + prompt
+
+
+class InternVLChatAdapter(Adapter):
+    """Remote-code InternVLChatModel: our tiling, InternVL's query, the model's `generate`."""
+
+    name = "internvl_chat"
+
+    def __init__(self, model: Any, tokenizer: Any, *, dynamic: bool = False, max_num: int = 6,
+                 **kwargs: Any) -> None:
+        super().__init__(model, tokenizer, **kwargs)
+        config = model.config
+        vision_config = getattr(config, "vision_config", None)
+        image_size = getattr(config, "force_image_size", None) or _get(vision_config, "image_size")
+        if not image_size:
+            raise UserError(f"{type(model).__name__}: cannot tell the tile size (no force_image_size or "
+                            f"vision_config.image_size in config.json)")
+        self.image_size = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size)
+        self.use_thumbnail = bool(getattr(config, "use_thumbnail", False))
+        self.dynamic, self.max_num = dynamic, max_num
+        self.num_image_token = int(model.num_image_token)
+        modeling = sys.modules.get(type(model).__module__)
+        self._get_conv_template = getattr(modeling, "get_conv_template", None)
+        if self._get_conv_template is None:
+            raise UserError(f"{type(model).__module__} has no get_conv_template: not an InternVL chat model")
+        self.template_name = model.template
+        self.system_message = getattr(model, "system_message", None)
+        # InternVL's generate() reads this; chat/batch_chat set it, and we call generate directly.
+        model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        template = self._template()
+        self.stop_text = template.sep.strip()
+        self.eos_token_id = tokenizer.convert_tokens_to_ids(self.stop_text)
+
+    def _template(self) -> Any:
+        template = self._get_conv_template(self.template_name)
+        if self.system_message is not None:
+            template.system_message = self.system_message
+        return template
+
+    def query(self, prompt: str, num_patches_list: Sequence[int]) -> str:
+        """InternVL's query for one item: the conversation prompt with each `<image>` expanded."""
+        template = self._template()
+        template.append_message(template.roles[0], internvl_question(prompt, len(num_patches_list)))
+        template.append_message(template.roles[1], None)
+        query = template.get_prompt()
+        for num_patches in num_patches_list:
+            image_tokens = IMG_START_TOKEN + IMG_CONTEXT_TOKEN * self.num_image_token * num_patches + IMG_END_TOKEN
+            query = query.replace(IMAGE_PLACEHOLDER, image_tokens, 1)
+        return query
+
+    def tiles(self, image: Image.Image) -> torch.Tensor:
+        """Pixel values of one image's tiles, shape (tiles, 3, image_size, image_size)."""
+        from launcher.tiling import pixel_values, tile_image
+
+        return pixel_values(tile_image(image, self.max_num, self.image_size, self.use_thumbnail, self.dynamic),
+                            self.image_size)
+
+    def collate(self, items: Sequence[Item], prompts: Sequence[str],
+                images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
+        queries, pixel_parts, num_patches_per_item = [], [], []
+        for prompt, item_images in zip(prompts, images):
+            item_pixels = [self.tiles(image) for image in item_images]
+            num_patches = [int(p.shape[0]) for p in item_pixels]
+            queries.append(self.query(prompt, num_patches))
+            pixel_parts.extend(item_pixels)
+            num_patches_per_item.append(num_patches)
+        self.tokenizer.padding_side = "left"
+        encoded = self.tokenizer(queries, return_tensors="pt", padding=True)
+        tensors = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if pixel_parts:
+            tensors["pixel_values"] = torch.cat(pixel_parts)
+        return ModelInputs(tensors, len(queries), {"num_patches": num_patches_per_item})
+
+    @torch.inference_mode()
+    def generate(self, batch: ModelInputs, settings: GenerationSettings) -> list[str]:
+        inputs = batch.to(_first_device(self.model.language_model), self.dtype)
+        if "pixel_values" in inputs:
+            vision_device = next(self.model.vision_model.parameters()).device
+            inputs["pixel_values"] = inputs["pixel_values"].to(vision_device)
+        self._seed(settings)
+        output = self.model.generate(pixel_values=inputs.get("pixel_values"), input_ids=inputs["input_ids"],
+                                     attention_mask=inputs["attention_mask"], eos_token_id=self.eos_token_id,
+                                     **settings.generate_kwargs())
+        texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
+        return [text.split(self.stop_text)[0].strip() for text in texts]
+
+    def tile_count(self, width: int, height: int) -> int:
+        """Tiles `tiles()` makes for an image of this size, without the image (`tiling.choose_grid`)."""
+        from launcher.tiling import choose_grid
+
+        if not self.dynamic:
+            return 1
+        cols, rows = choose_grid(width, height, 1, self.max_num, self.image_size)
+        return cols * rows + (1 if self.use_thumbnail and cols * rows > 1 else 0)
+
+    def estimate_cost(self, item: Item, prompt: str, image_sizes: Sequence[tuple[int, int]]) -> float:
+        image_tokens = sum(self.num_image_token * self.tile_count(w, h) + 2 for w, h in image_sizes)
+        return float(self._prompt_tokens(prompt) + image_tokens)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "processor": "launcher.tiling (InternVL dynamic_preprocess)",
+                "image_processor": "launcher.tiling (PIL bicubic, ImageNet mean/std)",
+                "image_size": self.image_size, "use_thumbnail": self.use_thumbnail,
+                "dynamic": self.dynamic, "max_num": self.max_num, "template": self.template_name}
+
+
+def _get(config: Any, name: str) -> Any:
+    if config is None:
+        return None
+    if isinstance(config, dict):
+        return config.get(name)
+    return getattr(config, name, None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Text-only models
+
+
+class CausalLMAdapter(Adapter):
+    """Text-only causal LMs: the tokenizer's chat template (if any), left padding, `generate`."""
+
+    name = "causal_lm"
+
+    def __init__(self, model: Any, tokenizer: Any, **kwargs: Any) -> None:
+        super().__init__(model, tokenizer, **kwargs)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            # Many causal LMs ship no pad token; any id works under the attention mask.
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def text(self, prompt: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                      add_generation_prompt=True, tokenize=False)
+        return prompt
+
+    def collate(self, items: Sequence[Item], prompts: Sequence[str],
+                images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
+        for item, item_images in zip(items, images):
+            if item_images:
+                raise DataError(f"item {item.id!r} has {len(item_images)} image(s), but "
+                                f"{type(self.model).__name__} is a text-only model")
+        encoded = self.tokenizer([self.text(p) for p in prompts], return_tensors="pt", padding=True)
+        return ModelInputs({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]},
+                           len(prompts))
+
+    @torch.inference_mode()
+    def generate(self, batch: ModelInputs, settings: GenerationSettings) -> list[str]:
+        inputs = batch.to(_first_device(self.model))
+        self._seed(settings)
+        output = self.model.generate(**inputs, **settings.generate_kwargs(),
+                                     pad_token_id=self.tokenizer.pad_token_id)
+        return _strip(self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+
+    def estimate_cost(self, item: Item, prompt: str, image_sizes: Sequence[tuple[int, int]]) -> float:
+        return float(self._prompt_tokens(prompt))
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def is_internvl_chat_model(model: Any) -> bool:
+    """A remote-code InternVLChatModel (or look-alike): chat/batch_chat and the original module names."""
+    return all(hasattr(model, name) for name in ("batch_chat", "num_image_token", "vision_model", "language_model"))
+
+
+def make_adapter(loaded: Any, *, dynamic: bool = False, max_num: int = 6) -> Adapter:
+    """The adapter for a `loading.LoadedModel`: InternVL chat, native image-text, or causal LM."""
+    from transformers.models.auto import modeling_auto
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    common = {"dtype": loaded.dtype, "device_map": loaded.device_map, "quantization": loaded.quantization}
+    if is_internvl_chat_model(model):
+        return InternVLChatAdapter(model, tokenizer, dynamic=dynamic, max_num=max_num, **common)
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        processor = load_processor(str(loaded.info.path), tokenizer, model.config)
+        return NativeImageTextAdapter(model, processor, dynamic=dynamic, max_num=max_num, **common)
+    return CausalLMAdapter(model, tokenizer, **common)
