@@ -302,8 +302,8 @@ class Evaluation:
                 print(root_cause_report(report_root, others), file=sys.stderr, flush=True)
             try:
                 self._write_manifest(status, {"root_cause": root, "failures": others})
-            except OSError as error:
-                print(f"error: could not write {self.out_dir / 'run.json'}: {error}", file=sys.stderr)
+            except UserError as error:  # e.g. the disk is full: the report above is all we can leave
+                print(f"error: {error}", file=sys.stderr)
         elif root.get("observed_by") != (self.topology.rank if self.topology else None):
             self.log(f"stopping: {describe_failure(root)}", all_ranks=root.get("kind") != "user-error")
 
@@ -339,7 +339,10 @@ class Evaluation:
         except Exception:
             pass
         if self._claim_reporter():
-            self._write_manifest("preempted", {"stopped_by": self.stop.signal_name})
+            try:
+                self._write_manifest("preempted", {"stopped_by": self.stop.signal_name})
+            except UserError as error:
+                print(f"error: {error}", file=sys.stderr)
         coordinator.leave()
         return EXIT_PREEMPTED
 

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from launcher.errors import UserError
+
 _NAME = re.compile(r"^rank(\d+)-attempt(\d+)\.jsonl$")
 
 
@@ -55,13 +57,21 @@ class Journal:
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         if not text:
             return
-        self._file.write(text)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(text)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as error:
+            raise UserError(f"cannot write the journal {self.path}: {error.strerror or error}. Everything "
+                            "journaled before is intact; free space (or fix the out-dir) and rerun the same "
+                            "command to resume") from None
 
     def close(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # a failed flush of a torn tail: the reader ignores torn lines
 
     def __enter__(self) -> "Journal":
         return self

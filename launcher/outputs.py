@@ -18,6 +18,14 @@ from launcher.errors import UserError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    try:
+        _atomic_write_text(path, text)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}. The journals are intact; free space "
+                        "(or fix the out-dir) and rerun the same command to finish") from None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

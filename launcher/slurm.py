@@ -266,7 +266,7 @@ def node_address(node: str, scontrol: str | None = "scontrol") -> str:
     )
     address = parse_node_addr(result.stdout) if result.returncode == 0 else None
     if address is None:
-        detail = result.stderr.strip() or "no NodeAddr in its output"
+        detail = (result.stderr.strip().splitlines() or ["no NodeAddr in its output"])[-1]
         raise ValueError(
             f"node {node!r} does not resolve and 'scontrol show node {node}' gave no address "
             f"({detail}); set MASTER_ADDR to an address of that node"

@@ -64,3 +64,65 @@ def manifest(out_dir: Path) -> dict:
 def explain(result: subprocess.CompletedProcess) -> str:
     """Failure message for asserts: exit code and the end of both streams."""
     return f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-6000:]}"
+
+
+def start_ranks(world_size: int, args: Sequence[str], port: int | None = None, **popen) -> list[subprocess.Popen]:
+    """World_size plain processes with RANK/WORLD_SIZE set, as srun starts them (rank 0 serves the store)."""
+    port = port or free_port()
+    processes = []
+    for rank in range(world_size):
+        env = child_env(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        processes.append(subprocess.Popen([sys.executable, LAUNCH, *map(str, args)], env=env, cwd=ROOT,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen))
+    return processes
+
+
+def wait_all(processes: Sequence[subprocess.Popen], timeout: float) -> list[tuple[int | None, str]]:
+    """Wait for every process (killing leftovers after `timeout`); returns (exit code, stderr) of each."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    results = []
+    for process in processes:
+        try:
+            _, err = process.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+            results.append((None, err))
+            continue
+        results.append((process.returncode, err))
+    return results
+
+
+def wait_for_journal_lines(task_dir: Path, rank: int, lines: int, timeout: float) -> None:
+    """Block until rank's journal (any attempt) holds at least `lines` complete lines."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        count = sum(path.read_text().count("\n") for path in (Path(task_dir) / "shards").glob(f"rank{rank:05d}-*"))
+        if count >= lines:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"rank {rank} journaled fewer than {lines} lines in {timeout} s")
+
+
+def torchrun_workers(agent_pid: int) -> dict[int, int]:
+    """rank -> pid of the workers a torchrun agent started (read from /proc)."""
+    workers = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != agent_pid:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        for variable in environ:
+            if variable.startswith(b"RANK="):
+                workers[int(variable[5:])] = int(entry.name)
+    return workers
