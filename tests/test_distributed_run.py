@@ -131,3 +131,32 @@ def test_an_unknown_task_suggests_the_closest_name(native_checkpoint, data_root,
                      "--out-dir", tmp_path])
     assert result.returncode == 2
     assert "Did you mean 'synthetic_shapes'?" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_selftest_prints_one_row_per_process_and_passes(tmp_path):
+    result = torchrun(2, ["--selftest", "--out-dir", tmp_path])
+    assert result.returncode == 0, explain(result)
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["rank", "host", "node"]
+    assert [line.split()[0] for line in lines[1:3]] == ["0", "1"]
+    assert "2 process(es), backend gloo, gather ok" in result.stdout and "all checks passed" in result.stdout
+    assert list(tmp_path.iterdir()) == []            # its probe files are cleaned up
+
+
+def test_selftest_names_an_out_dir_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = torchrun(2, ["--selftest", "--out-dir", blocker / "results"])
+    assert result.returncode != 0
+    assert "FAILED on ranks [0, 1]" in result.stdout, explain(result)
+
+
+def test_dry_run_plans_replicas_without_gpus_and_refuses_a_plan_that_does_not_fit(native_checkpoint):
+    fits = launch(["--checkpoint", native_checkpoint, "--task", TASK, "--gpus-per-model", "2", "--dry-run",
+                   "--assume-gpus", "4", "--gpu-memory-gib", "8"])
+    assert fits.returncode == 0, explain(fits)
+    assert "replica 0 on GPUs 0-1" in fits.stdout and "replica 1 on GPUs 2-3" in fits.stdout
+    tiny = launch(["--checkpoint", native_checkpoint, "--task", TASK, "--gpus-per-model", "2", "--dry-run",
+                   "--assume-gpus", "2", "--gpu-memory-gib", "0.5"])
+    assert tiny.returncode == 2
+    assert "does not fit" in tiny.stderr and "Traceback" not in tiny.stderr
