@@ -97,6 +97,10 @@ class Task:
     def score(self, rows: Sequence[Mapping[str, Any]]) -> Score:
         raise NotImplementedError
 
+    def extra_outputs(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        """Extra files written beside predictions.jsonl (file name -> text), e.g. a submission TSV."""
+        return {}
+
     def fingerprint(self, inputs: TaskInputs) -> dict[str, Any]:
         """What must not change between a run and its resume, besides the model and generation settings."""
         return {"task": self.name, "metric": inputs.metric or self.metric,

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Mapping, Sequence, Union
 
 Answers = Union[str, Sequence[str]]
 
@@ -262,3 +262,267 @@ def mean_percent(values: Iterable[float | bool]) -> float:
     if not listed:
         raise ValueError("no values to average")
     return 100.0 * sum(listed) / len(listed)
+
+
+# =========================================================================== benchmark breadth
+# Multiple choice (MMBench, ScienceQA, SEED, multi-image), POPE, MME and captioning. Per-item functions
+# return plain values; aggregates return fractions in [0, 1] unless they say otherwise (MME keeps its own
+# 0-200-per-subtask scale, captioning returns pycocoevalcap's raw values).
+
+# --------------------------------------------------------------------------- multiple choice
+
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+CIRCULAR_INDEX_STRIDE = 1_000_000      # official circular MMBench rows: index + k * 1e6 is rotation k
+
+# "(B)" at the start, whatever follows; or "B" followed by '.', ')', ':' or ',' ("B.", "B) cat", "B: cat").
+# A bare "A " is deliberately not a letter: "A cat sits on the mat" starts with an article.
+_PARENTHESISED_LETTER = re.compile(r"^\(([A-Z])\)")
+_PUNCTUATED_LETTER = re.compile(r"^([A-Z])[.):,]")
+
+
+def _match_text(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def _option_pattern(option_text: str) -> re.Pattern[str] | None:
+    """A pattern finding the option's text as whole words (for ASCII letters and digits at its ends)."""
+    text = _match_text(option_text).rstrip(".").strip()
+    if not text:
+        return None
+    # Word boundaries only where the option starts/ends with an ASCII letter or digit: "1" must not match
+    # inside "10", while a Chinese option must still match inside a Chinese sentence (no spaces there).
+    before = r"(?<![a-z0-9])" if text[0].isascii() and text[0].isalnum() else ""
+    after = r"(?![a-z0-9])" if text[-1].isascii() and text[-1].isalnum() else ""
+    return re.compile(before + re.escape(text) + after)
+
+
+def extract_option_letter(reply: str, options: Mapping[str, str]) -> str | None:
+    """The option letter a free-text reply chooses, or None when it chooses none (scored as wrong).
+
+    `options` maps letters ("A", "B", ...) to option texts. In order:
+
+    1. the whole reply (surrounding spaces removed) is one of the option letters: ``"B"``;
+    2. the reply starts with a letter of the options in parentheses or followed by ``.`` ``)`` ``:``
+       ``,``: ``"B."``, ``"(B) a dog"``, ``"B) dog"``, ``"B: dog"`` (upper case only; a bare ``"A "`` is
+       an article, not a choice);
+    3. the text of exactly one option appears in the reply (case-insensitive, whitespace collapsed, a
+       trailing period of the option ignored, whole words where the option begins or ends with an ASCII
+       letter or digit). When several options appear and all but one are contained in the longest of
+       them ("cat" and "black cat" in "a black cat"), the longest wins; otherwise the reply is ambiguous;
+    4. anything else (empty, ambiguous, unrelated text, a letter that is not an option): None.
+
+    InternVL's scripts instead take any reply's first character when it is a letter of the options (so
+    "A cat ..." chooses A) and fall back to the raw text; we keep its single-letter and option-text rules.
+    """
+    text = (reply or "").strip()
+    if not text:
+        return None
+    if text in options:
+        return text
+    for pattern in (_PARENTHESISED_LETTER, _PUNCTUATED_LETTER):
+        found = pattern.match(text)
+        if found and found.group(1) in options:
+            return found.group(1)
+    haystack = _match_text(text)
+    matched: list[tuple[str, str]] = []
+    for letter, option_text in options.items():
+        pattern = _option_pattern(str(option_text))
+        if pattern is not None and pattern.search(haystack):
+            matched.append((letter, _match_text(str(option_text)).rstrip(".").strip()))
+    if not matched:
+        return None
+    if len(matched) == 1:
+        return matched[0][0]
+    longest_letter, longest_text = max(matched, key=lambda entry: len(entry[1]))
+    if all(other in longest_text for letter, other in matched if letter != longest_letter):
+        return longest_letter
+    return None
+
+
+def circular_group(index: int) -> int:
+    """The question an MMBench row belongs to: rows ``i``, ``i + 1e6``, ``i + 2e6``, ... are its rotations."""
+    return index % CIRCULAR_INDEX_STRIDE
+
+
+def rotate_options(option_texts: Sequence[str], answer_position: int | None,
+                   shift: int) -> tuple[list[str], int | None]:
+    """Rotation `shift` of a question's options (CircularEval): option ``i`` takes the text of old option
+    ``(i + shift) mod n``; returns the rotated texts and the new position of the answer (None stays None).
+
+    ``rotate_options(["x", "y", "z"], 1, 1) == (["y", "z", "x"], 0)``.
+    """
+    count = len(option_texts)
+    if count == 0:
+        raise ValueError("no options to rotate")
+    rotated = [option_texts[(position + shift) % count] for position in range(count)]
+    new_answer = None if answer_position is None else (answer_position - shift) % count
+    return rotated, new_answer
+
+
+def all_correct_by_group(hits: Iterable[tuple[object, bool]]) -> dict[object, bool]:
+    """CircularEval: a question (group) is correct only when every one of its rows is; groups keep the
+    order in which they first appear."""
+    groups: dict[object, bool] = {}
+    for group, hit in hits:
+        groups[group] = groups.get(group, True) and bool(hit)
+    return groups
+
+
+# --------------------------------------------------------------------------- POPE
+
+
+def pope_answer(reply: str) -> str:
+    """"yes" or "no" from a reply, as POPE's (and LLaVA's / InternVL's) ``eval_pope.py``: keep the text
+    before the first period, drop commas, split on spaces; the words ``No``, ``no`` or ``not`` make it
+    "no", anything else (including an empty or unrelated reply) is "yes"."""
+    text = reply or ""
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if ("No" in words or "no" in words or "not" in words) else "yes"
+
+
+def binary_classification_stats(predicted_yes: Sequence[bool], label_yes: Sequence[bool]) -> dict[str, float]:
+    """Confusion counts and the POPE metrics with "yes" as the positive class, as fractions in [0, 1].
+
+    Keys: ``tp fp tn fn`` (counts), ``accuracy precision recall f1 yes_ratio`` (``yes_ratio``: share of
+    "yes" predictions). Where a denominator is zero (no "yes" predicted, no "yes" label) the ratio is 0.0;
+    the reference script divides by zero there.
+    """
+    if len(predicted_yes) != len(label_yes):
+        raise ValueError(f"{len(predicted_yes)} predictions for {len(label_yes)} labels")
+    if not label_yes:
+        raise ValueError("no predictions to score")
+    tp = sum(1 for p, y in zip(predicted_yes, label_yes) if p and y)
+    fp = sum(1 for p, y in zip(predicted_yes, label_yes) if p and not y)
+    tn = sum(1 for p, y in zip(predicted_yes, label_yes) if not p and not y)
+    fn = sum(1 for p, y in zip(predicted_yes, label_yes) if not p and y)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    total = len(label_yes)
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "accuracy": (tp + tn) / total, "precision": precision,
+            "recall": recall, "f1": f1, "yes_ratio": (tp + fp) / total}
+
+
+# --------------------------------------------------------------------------- MME
+
+MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
+                  "artwork", "OCR")
+MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+_CJK = re.compile(r"[\u4e00-\u9fa5]")
+
+
+def mme_answer(reply: str) -> str:
+    """"yes", "no" or "other" from a reply, as InternVL's ``eval/mme`` (its ``post_processing``, then the
+    MME ``calculation.py`` rule): newlines removed; 不是 -> No, 是 -> Yes, 否 -> No; lower case; true -> yes,
+    false -> no; other Chinese characters removed; then exactly "yes"/"no", else "yes" if the first four
+    characters contain "yes", else "no" if they contain "no" ("not sure" is "no"), else "other"."""
+    text = (reply or "").replace("\n", "").replace("不是", "No").replace("是", "Yes").replace("否", "No")
+    text = text.lower().replace("true", "yes").replace("false", "no")
+    text = _CJK.sub("", text).strip()
+    if text in ("yes", "no"):
+        return text
+    prefix = text[:4]
+    if "yes" in prefix:
+        return "yes"
+    if "no" in prefix:
+        return "no"
+    return "other"
+
+
+def mme_subtask_scores(results: Iterable[tuple[object, str, str]]) -> dict[str, float]:
+    """MME scores of one subtask from ``(image, reference "yes"/"no", parsed answer)`` per question.
+
+    ``acc``: percent of questions answered right ("other" is wrong); ``acc_plus``: percent of images whose
+    questions (two per image in MME) are all right; ``score = acc + acc_plus`` (0-200), the number MME
+    sums into its perception (10 subtasks, 0-2000) and cognition (4 subtasks, 0-800) totals.
+    """
+    per_image: dict[object, bool] = {}
+    correct = total = 0
+    for image, reference, answer in results:
+        hit = str(reference).strip().lower() == answer
+        correct += hit
+        total += 1
+        per_image[image] = per_image.get(image, True) and hit
+    if not total:
+        raise ValueError("no MME answers to score")
+    acc = 100.0 * correct / total
+    acc_plus = 100.0 * sum(per_image.values()) / len(per_image)
+    return {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus}
+
+
+def mme_totals(subtask_scores: Mapping[str, float]) -> dict[str, float]:
+    """Perception and cognition totals (sums of the subtasks' ``acc + acc_plus`` present) and their sum."""
+    perception = sum(score for name, score in subtask_scores.items() if name in MME_PERCEPTION)
+    cognition = sum(score for name, score in subtask_scores.items() if name in MME_COGNITION)
+    return {"perception": perception, "cognition": cognition, "total": perception + cognition}
+
+
+# --------------------------------------------------------------------------- captioning
+
+CAPTION_INSTALL_HINT = "pip install pycocoevalcap (or pip install '.[caption]')"
+
+
+def caption_scorer_problem() -> str | None:
+    """Why the caption metrics cannot run here (pycocoevalcap missing, or no `java` for its PTB tokenizer
+    and METEOR), or None when they can."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pycocoevalcap") is None:
+        return f"caption metrics need pycocoevalcap, which is not installed: {CAPTION_INSTALL_HINT}"
+    if shutil.which("java") is None:
+        return ("caption metrics need Java (pycocoevalcap's PTB tokenizer and METEOR run java), and no `java` "
+                "is on PATH: install a Java runtime (e.g. apt-get install default-jre-headless)")
+    return None
+
+
+def caption_scores(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """COCO caption metrics of `predictions` (id -> caption) against `references` (id -> captions).
+
+    As pycocoevalcap's ``COCOEvalCap.evaluate`` (what InternVL's ``eval/caption`` runs), without SPICE:
+    PTB-tokenise both sides (lower case, punctuation dropped), then BLEU-1..4, METEOR 1.5, ROUGE-L and
+    CIDEr-D over the whole set (CIDEr's document frequencies come from these references, so the score is
+    a corpus score). Returns pycocoevalcap's raw values (``BLEU-4`` in [0, 1], ``CIDEr`` usually 0-2).
+    Raises `launcher.errors.UserError` when pycocoevalcap or Java is missing.
+    """
+    import contextlib
+    import io
+
+    from launcher.errors import UserError
+
+    problem = caption_scorer_problem()
+    if problem is not None:
+        raise UserError(problem)
+    if set(predictions) != set(references):
+        raise ValueError("predictions and references cover different ids")
+    if not predictions:
+        raise ValueError("no captions to score")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    keys = sorted(predictions)
+    try:
+        tokenizer = PTBTokenizer()
+        tokenized_references = tokenizer.tokenize(
+            {key: [{"caption": str(caption)} for caption in references[key]] for key in keys})
+        tokenized_predictions = tokenizer.tokenize({key: [{"caption": str(predictions[key])}] for key in keys})
+        # The tokenizer drops an empty last line: an empty caption must still be scored (as nothing).
+        for key in keys:
+            tokenized_predictions.setdefault(key, [""])
+            tokenized_references.setdefault(key, [""])
+        scores: dict[str, float] = {}
+        with contextlib.redirect_stdout(io.StringIO()):           # Bleu prints its length ratios
+            bleu, _ = Bleu(4).compute_score(tokenized_references, tokenized_predictions)
+            scores.update({f"BLEU-{n}": float(value) for n, value in enumerate(bleu, start=1)})
+            scores["METEOR"] = float(Meteor().compute_score(tokenized_references, tokenized_predictions)[0])
+            scores["ROUGE-L"] = float(Rouge().compute_score(tokenized_references, tokenized_predictions)[0])
+            scores["CIDEr"] = float(Cider().compute_score(tokenized_references, tokenized_predictions)[0])
+    except (OSError, ValueError, BrokenPipeError) as error:
+        raise UserError(f"caption scoring failed in pycocoevalcap (it runs java and writes a temporary file "
+                        f"beside its tokenizer): {type(error).__name__}: {error}") from None
+    return scores

@@ -9,7 +9,8 @@ from eval_scripts.base import Task
 from launcher.errors import UserError
 
 _TASKS: dict[str, Callable[[], Task]] = {}
-_BUILTIN_MODULES = ("eval_scripts.vqa", "eval_scripts.synthetic")
+_BUILTIN_MODULES = ("eval_scripts.vqa", "eval_scripts.synthetic", "eval_scripts.multiple_choice", "eval_scripts.pope",
+                    "eval_scripts.mme", "eval_scripts.caption")
 
 
 class UnknownTaskError(UserError):

@@ -23,7 +23,7 @@ from launcher.errors import (EXIT_DONE, EXIT_PEER_FAILED, EXIT_PREEMPTED, EXIT_U
 from launcher.gather import gather_rows_to_main, merge_rows
 from launcher.images import image_size
 from launcher.journal import Journal, journal_path, next_attempt, read_journal, read_journals
-from launcher.outputs import (atomic_write_json, atomic_write_jsonl, check_fingerprint, checkpoint_identity,
+from launcher.outputs import (atomic_write_json, atomic_write_jsonl, atomic_write_text, check_fingerprint, checkpoint_identity,
                               git_revision, versions)
 from launcher.runner import StopFlag, StoreAddress, install_signal_handlers, run_batches
 from launcher.scheduler import contiguous_shard, cost_batches
@@ -181,6 +181,8 @@ class Evaluation:
             row_sets += [rows for rows in gathered if rows]
         predictions = merge_rows(items, row_sets)
         atomic_write_jsonl(task_dir / "predictions.jsonl", predictions)
+        for filename, text in task.extra_outputs(predictions).items():  # before scoring: kept if it fails
+            atomic_write_text(task_dir / filename, text)
         score = task.score(predictions)
         metrics = score.to_json(task.name)
         atomic_write_json(task_dir / "metrics.json", metrics)

@@ -14,7 +14,7 @@ from typing import Sequence
 from eval_scripts.base import DataError
 from eval_scripts.registry import get_task
 from launcher.errors import UserError
-from launcher.outputs import atomic_write_json
+from launcher.outputs import atomic_write_json, atomic_write_text
 
 
 def read_predictions(path: Path) -> list[dict]:
@@ -33,10 +33,14 @@ def read_predictions(path: Path) -> list[dict]:
 
 
 def rescore(task_name: str, predictions: Path, metric: str | None = None) -> dict:
+    """Metrics of `predictions` (and the task's extra files, written beside it) without a model."""
     task = get_task(task_name)
     if metric is not None:
         task.metric = metric
-    return task.score(read_predictions(predictions)).to_json(task.name)
+    rows = read_predictions(predictions)
+    for filename, text in task.extra_outputs(rows).items():
+        atomic_write_text(predictions.with_name(filename), text)
+    return task.score(rows).to_json(task.name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
