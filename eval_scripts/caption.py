@@ -47,7 +47,7 @@ from typing import Any, Mapping, Sequence
 
 from eval_scripts.base import DataError, Item, Score, Task, TaskInputs
 from eval_scripts.metrics import caption_scores
-from eval_scripts.multiple_choice import (FixedMetric, is_skipped, missing_data_error, refuse_metric_override,
+from eval_scripts.task_files import (FixedMetric, is_skipped, missing_data_error, refuse_metric_override,
                                           resolve_image_path)
 from eval_scripts.registry import register
 

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 
 from eval_scripts.base import DataError, Item, Score, Task, TaskInputs
 from eval_scripts.metrics import MME_COGNITION, MME_PERCEPTION, mme_answer, mme_subtask_scores, mme_totals
-from eval_scripts.multiple_choice import (FixedMetric, is_skipped, missing_data_error, refuse_metric_override,
+from eval_scripts.task_files import (FixedMetric, is_skipped, missing_data_error, refuse_metric_override,
                                           resolve_image_path)
 from eval_scripts.registry import register
 

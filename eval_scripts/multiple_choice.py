@@ -92,7 +92,6 @@ import binascii
 import csv
 import io
 import json
-import os
 import re
 import sys
 from collections import Counter
@@ -104,7 +103,8 @@ from eval_scripts.base import DataError, ImageBytes, Item, Score, Task, TaskInpu
 from eval_scripts.metrics import (CIRCULAR_INDEX_STRIDE, OPTION_LETTERS, all_correct_by_group, circular_group,
                                   extract_option_letter, rotate_options)
 from eval_scripts.registry import register
-from launcher.errors import UserError
+from eval_scripts.task_files import (FixedMetric, is_skipped, missing_data_error, read_jsonl_records,
+                                     refuse_metric_override, resolve_image_path)
 
 LETTER_INSTRUCTION_EN = "Answer with the option's letter from the given choices directly."
 LETTER_INSTRUCTION_CN = "请直接回答选项字母。"
@@ -112,92 +112,6 @@ PREDICTIONS_TSV = "predictions.tsv"
 # A VLMEvalKit TSV cell this short is a reference to another row's image, not base64 data.
 _IMAGE_REFERENCE_MAX_CHARS = 64
 _MISSING_CELLS = frozenset({"", "nan", "NaN"})
-
-
-# --------------------------------------------------------------------------- data-file plumbing shared by
-# the breadth tasks (pope.py, mme.py and caption.py import these)
-
-
-def missing_data_error(task: Task, path: Path, inputs: TaskInputs, role: str = "data") -> DataError:
-    """The error for a task file that does not exist, naming the flag that fixes it."""
-    declared = task.files.get(role)
-    if inputs.data_file is not None and role == "data":
-        fix = "check --data"
-    elif declared:
-        fix = (f"task {task.name!r} reads {declared} under --data-root (now {inputs.data_root}); pass "
-               f"--data-root DIR" + (" or --data FILE" if role == "data" else ""))
-    else:
-        fix = "pass --data FILE"
-    return DataError(f"{role} file not found: {path} ({fix})")
-
-
-def read_jsonl_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; errors name the file and line."""
-    records: list[tuple[int, dict[str, Any]]] = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line_number, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg} at column "
-                                    f"{error.colno})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}:{line_number}: expected a JSON object, found "
-                                    f"{type(record).__name__}")
-                records.append((line_number, record))
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error})") from None
-    except IsADirectoryError:
-        raise DataError(f"{path} is a folder; this task reads a JSONL file (--data FILE)") from None
-    except OSError as error:
-        raise DataError(f"cannot read data file {path}: {error}") from None
-    if not records:
-        raise DataError(f"{path}: no items (the file holds no JSON lines)")
-    return records
-
-
-def resolve_image_path(relative: Any, inputs: TaskInputs, where: str, folder: str = "") -> Path:
-    """`relative` joined to ``<image root>/<folder>`` and normalised lexically (symlinks are not followed:
-    InternVL's layout links shared image folders); outside the image root is refused unless
-    --allow-outside-root. `where` names the file and line for errors."""
-    if not isinstance(relative, str) or not relative:
-        raise DataError(f"{where}: an image must be a non-empty path, found {json.dumps(relative)[:80]}")
-    image_root = Path(os.path.abspath(inputs.image_root))
-    candidate = Path(os.path.normpath(image_root / folder / relative))
-    if not inputs.allow_outside_root and not candidate.is_relative_to(image_root):
-        raise DataError(f"{where}: image path {relative!r} resolves to {candidate}, outside the image root "
-                        f"{image_root} (set --image-root, or pass --allow-outside-root to trust this file)")
-    return candidate
-
-
-class FixedMetric:
-    """A task's one metric, as a class attribute: reading gives its name; assigning another name (what the
-    rescoring command does with --metric) raises UserError instead of scoring with an unknown metric."""
-
-    def __init__(self, metric_name: str) -> None:
-        self.metric_name = metric_name
-
-    def __get__(self, instance: Any, owner: type) -> str:
-        return self.metric_name
-
-    def __set__(self, instance: Any, value: str) -> None:
-        if value != self.metric_name:
-            raise UserError(f"task {getattr(instance, 'name', '?')!r} has a fixed metric ({self.metric_name}); "
-                            f"--metric applies to the generic vqa task only")
-
-
-def refuse_metric_override(task: Task, inputs: TaskInputs) -> None:
-    if inputs.metric and inputs.metric != task.metric:
-        raise UserError(f"task {task.name!r} has a fixed metric ({task.metric}); --metric applies to the "
-                        f"generic vqa task only")
-
-
-def is_skipped(row: Mapping[str, Any]) -> bool:
-    """The runner marks items it could not run (--on-bad-item skip) with the reason in `skipped`."""
-    return row.get("skipped") not in (None, False)
 
 
 # --------------------------------------------------------------------------- shared scoring

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -81,6 +80,7 @@ from typing import Any, Callable, Mapping, Sequence
 from eval_scripts.base import DataError, Item, Score, Task, TaskInputs
 from eval_scripts.metrics import METRICS, mean_percent
 from eval_scripts.registry import register
+from eval_scripts.task_files import is_skipped, read_jsonl_records, resolve_image_path
 from launcher.errors import UserError
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
@@ -212,35 +212,20 @@ class VQATask(Task):
         return items
 
     def _read_lines(self, path: Path, inputs: TaskInputs, metric: str) -> list[_Line]:
-        image_root = Path(os.path.abspath(inputs.image_root))
         parsed: list[_Line] = []
         first_line_of: dict[str, int] = {}
-        try:
-            with open(path, encoding="utf-8") as handle:
-                for line_number, text in enumerate(handle, start=1):
-                    if not text.strip():
-                        continue
-                    item = self._parse_line(text, path, line_number, image_root, inputs, metric)
-                    if item.id in first_line_of:
-                        raise _file_error(path, line_number,
-                                          f"duplicate question_id {item.id!r} (first on line "
-                                          f"{first_line_of[item.id]}, again on line {line_number})")
-                    first_line_of[item.id] = line_number
-                    parsed.append(_Line(line_number, item))
-        except UnicodeDecodeError as error:
-            raise DataError(f"{path}: not UTF-8 text ({error})") from None
-        except OSError as error:
-            raise DataError(f"cannot read data file {path}: {error}") from None
+        for line_number, record in read_jsonl_records(path):
+            item = self._parse_record(record, path, line_number, inputs, metric)
+            if item.id in first_line_of:
+                raise _file_error(path, line_number,
+                                  f"duplicate question_id {item.id!r} (first on line "
+                                  f"{first_line_of[item.id]}, again on line {line_number})")
+            first_line_of[item.id] = line_number
+            parsed.append(_Line(line_number, item))
         return parsed
 
-    def _parse_line(self, text: str, path: Path, line_number: int, image_root: Path,
-                    inputs: TaskInputs, metric: str) -> Item:
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise _file_error(path, line_number, f"not valid JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(record, dict):
-            raise _file_error(path, line_number, f"expected a JSON object, found {type(record).__name__}")
+    def _parse_record(self, record: dict[str, Any], path: Path, line_number: int, inputs: TaskInputs,
+                      metric: str) -> Item:
         missing = [key for key in ("question_id", "image", "question") if key not in record]
         if missing:
             raise _file_error(path, line_number, f"missing field(s) {', '.join(missing)}; each line needs "
@@ -249,8 +234,11 @@ class VQATask(Task):
         question = record["question"]
         if not isinstance(question, str) or not question.strip():
             raise _file_error(path, line_number, f"item {item_id!r}: empty question")
-        images = self._resolve_images(record["image"], item_id, path, line_number, image_root,
-                                      inputs.allow_outside_root)
+        where = f"{path}:{line_number}: item {item_id!r}"
+        relative_paths = record["image"] if isinstance(record["image"], list) else [record["image"]]
+        if not relative_paths:
+            raise DataError(f"{where}: 'image' must be a path or a list of paths, found []")
+        images = tuple(resolve_image_path(relative, inputs, where) for relative in relative_paths)
         fields: dict[str, Any] = {"question_id": record["question_id"], "question": question,
                                   "image": record["image"], "metric": metric}
         for key, value in record.items():
@@ -258,25 +246,6 @@ class VQATask(Task):
                 fields[key] = value
         return Item(id=item_id, question=question, images=images,
                     answer=_parse_answer(record.get("answer"), path, line_number), fields=fields)
-
-    @staticmethod
-    def _resolve_images(value: Any, item_id: str, path: Path, line_number: int, image_root: Path,
-                        allow_outside_root: bool) -> tuple[Path, ...]:
-        relative_paths = value if isinstance(value, list) else [value]
-        if not relative_paths or not all(isinstance(entry, str) and entry for entry in relative_paths):
-            raise _file_error(path, line_number, f"item {item_id!r}: 'image' must be a path or a list of "
-                                                 f"paths, found {json.dumps(value)[:80]}")
-        resolved = []
-        for relative in relative_paths:
-            # Lexical normalisation only: symlinks inside the root may point anywhere (shared datasets).
-            candidate = Path(os.path.normpath(image_root / relative))
-            if not allow_outside_root and not candidate.is_relative_to(image_root):
-                raise _file_error(path, line_number,
-                                  f"item {item_id!r}: image path {relative!r} resolves to {candidate}, outside "
-                                  f"the image root {image_root} (set --image-root, or pass "
-                                  f"--allow-outside-root to trust this file)")
-            resolved.append(candidate)
-        return tuple(resolved)
 
     # ------------------------------------------------------------------ reference answers
 
@@ -324,7 +293,7 @@ class VQATask(Task):
         for row in rows:
             row_id = row.get("id", "?")
             # The runner writes the reason ("skipped": "cannot read image ..."); true is accepted too.
-            if row.get("skipped") not in (None, False):
+            if is_skipped(row):
                 skipped += 1
                 values.append(0.0)
                 continue
