@@ -345,6 +345,7 @@ class Evaluation:
                 self._write_manifest("preempted", {"stopped_by": self.stop.signal_name})
             except UserError as error:
                 print(f"error: {error}", file=sys.stderr)
+        self._linger_as_store_server()
         coordinator.leave()
         return EXIT_PREEMPTED
 

@@ -153,7 +153,8 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
     stream = _BatchStream(batches, prepare, queue_key, store_address, store)
     workers = num_workers if batches else 0
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                        prefetch_factor=1 if workers else None, persistent_workers=False)
+                        prefetch_factor=1 if workers else None, persistent_workers=False,
+                        worker_init_fn=_ignore_stop_signals if workers else None)
     result = LoopResult()
     started = time.perf_counter()
     for prepared in loader:
@@ -176,6 +177,13 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
         on_batch_done(len(rows), ids)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Slurm signals every process of a step: a worker must not die of the SIGTERM/SIGUSR1 meant for its
+    rank, which stops at the next batch boundary and then ends its workers itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def _generate_splitting_on_oom(adapter, prepare: Preprocessor, prepared: PreparedBatch,

@@ -150,7 +150,8 @@ def test_master_port_is_deterministic_for_a_job():
     assert master_port_for_job("123456") == master_port_for_job(123456) == master_port_for_job(" 123456 ")
 
 
-@pytest.mark.parametrize("job_id, port", [(0, 20000), (1, 20001), (11999, 31999), (12000, 20000), (123456, 20000 + 123456 % 12000)])
+@pytest.mark.parametrize("job_id, port", [(0, 20000), (1, 20001), (11999, 31999), (12000, 20000),
+                                          (123456, 20000 + 123456 % 12000)])
 def test_master_port_table(job_id, port):
     assert master_port_for_job(job_id) == port
 
