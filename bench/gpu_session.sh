@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Every GPU measurement of one lease, in one command. Writes JSON and one log under $OUT (at most 8 files).
+#
+#   bench/gpu_session.sh [STEPS]        STEPS: comma list of step names below, or "all" (default)
+#
+# Steps, in order (each has its own timeout; the whole session stops starting steps after
+# BENCH_BUDGET_S seconds, default 470, so that one device command of 10 minutes holds it):
+#   tp_single    1 GPU, 2B shape: InternVL-style batch-1 loop vs HF batched vs ours (+ no-workers ablation)
+#   tp_workers   torchrun on 2 GPUs: one-GPU reference, static vs dynamic schedule, realistic + skewed sets
+#   sp_single    8B on one GPU: bf16, 8-bit, 4-bit
+#   sp_split     8B layer-split over 2 GPUs in one process (planner and InternVL's rule), bf16/8-bit/4-bit,
+#                after the product's own --load-in-8bit/4bit loading path on a tiny checkpoint
+#   sp_big       38B over 2 GPUs with max_memory capped below its size
+#   sp_replicas  8B, two independent replicas (one process per GPU), same items
+#   tp_static    1 GPU, 2B: ours with the dynamic cache vs generate(cache_implementation="static")
+#
+# On the device machine: run from the repository root, e.g.
+#   bash bench/gpu_session.sh all
+# BENCH_DEVICE=cpu runs the same steps with the tiny model on the CPU (a check of this script).
+set -u
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+STEPS=${1:-all}
+BUDGET=${BENCH_BUDGET_S:-470}
+DEVICE=${BENCH_DEVICE:-cuda}
+SCRATCH=$(mktemp -d /tmp/bench_session.XXXXXX)
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=.
+PYTHON=${PYTHON:-python3}
+START=$(date +%s)
+
+if [ "$DEVICE" = cuda ] && ! $PYTHON -c "import bitsandbytes" 2>/dev/null && ls .whl/bitsandbytes-*.whl >/dev/null 2>&1; then
+  $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=.:/tmp/site
+fi
+
+wanted() { [ "$STEPS" = all ] || [[ ",$STEPS," == *",$1,"* ]]; }
+
+step() {  # step NAME TIMEOUT COMMAND...
+  local name=$1 want=$2; shift 2
+  wanted "$name" || return 0
+  local left=$((BUDGET - ($(date +%s) - START)))
+  local limit=$(( want < left - 5 ? want : left - 5 ))
+  if [ "$limit" -lt 30 ]; then echo "=== SKIP $name: ${left}s left of ${BUDGET}s"; return 0; fi
+  echo "=== $name (timeout ${limit}s): $*"
+  timeout -k 10 "$limit" "$@"
+  echo "=== $name rc=$? at $(( $(date +%s) - START ))s"
+}
+
+if [ "$DEVICE" = cuda ]; then
+  GPU0="env CUDA_VISIBLE_DEVICES=0"; GPU1="env CUDA_VISIBLE_DEVICES=1"
+  TP_WORKER_SIZES="--items 768 --skewed-items 768 --batch-sizes 64 --num-workers 2"
+  TP_SINGLE_SIZES="--loop-items 32 --batch-sizes 128,256"
+else
+  GPU0="env"; GPU1="env"; TP_WORKER_SIZES=""; TP_SINGLE_SIZES=""
+fi
+RUN="$PYTHON -m"
+
+{
+  echo "=== session $(date -u +%FT%TZ) steps=$STEPS device=$DEVICE"
+  if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv
+    nvidia-smi topo -m 2>/dev/null | head -5
+  fi
+  $PYTHON -c "import torch, transformers, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'gpus', torch.cuda.device_count())"
+  $PYTHON -c "import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)" 2>&1 | tail -1
+
+  step tp_single 150 $GPU0 $RUN bench.throughput --device $DEVICE $TP_SINGLE_SIZES --out "$OUT/throughput_1gpu.json"
+  step tp_workers 140 $RUN torch.distributed.run --nproc_per_node 2 --master_port 29533 -m bench.throughput \
+       --device $DEVICE --worker $TP_WORKER_SIZES --out "$OUT/throughput_2gpu.json"
+  step sp_single 110 $GPU0 $RUN bench.split_mode --mode single --device $DEVICE --scratch "$SCRATCH" \
+       --out "$OUT/split_single.json"
+  step sp_split 140 $RUN bench.split_mode --mode split --device $DEVICE --scratch "$SCRATCH" --out "$OUT/split_split.json"
+  step sp_big 100 $RUN bench.split_mode --mode big --device $DEVICE --scratch "$SCRATCH" --out "$OUT/split_big.json"
+  step sp_replicas 80 bash -c "$GPU0 $RUN bench.split_mode --mode replica --replica-index 0 --device $DEVICE \
+       --scratch '$SCRATCH' --out '$OUT/split_replicas.json' & $GPU1 $RUN bench.split_mode --mode replica \
+       --replica-index 1 --device $DEVICE --scratch '$SCRATCH'; wait"
+  step tp_static 150 $GPU0 $RUN bench.throughput --device $DEVICE --sections static_cache --batch-sizes 128 \
+       --repeats 2 --out "$OUT/throughput_static_cache.json"
+  echo "=== session done at $(( $(date +%s) - START ))s"
+} 2>&1 | grep --line-buffered -v -E "FutureWarning|UserWarning|warnings.warn|kernels-community" | tee "$OUT/session.log"
+rm -rf "$SCRATCH"

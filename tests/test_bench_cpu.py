@@ -1,0 +1,114 @@
+"""CPU smoke of every benchmark script with the tiny model: the JSON has its fields and sane values."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--device", "cpu", "--max-new-tokens", "3", "--num-workers", "1"]
+IN_PROCESS = ["--device", "cpu", "--max-new-tokens", "3", "--num-workers", "0"]   # no worker forks: faster
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "NCCL_NVLS_ENABLE": "0", "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _sane_rate(row: dict) -> None:
+    assert row["items"] > 0 and row["seconds"] > 0
+    assert row["items_per_s"] == pytest.approx(row["items"] / row["seconds"], rel=0.02)
+
+
+def test_throughput_single_process_reports_every_mode(tmp_path):
+    from bench import throughput
+
+    out = tmp_path / "single.json"
+    assert throughput.main(TINY + ["--items", "8", "--loop-items", "3", "--batch-sizes", "4", "--hf-batch-size", "4",
+                                   "--repeats", "1", "--sections", "loop,hf,ours", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["kind"] == "throughput_single" and report["shape"] == "tiny"
+    assert [row["mode"] for row in report["rows"]] == ["internvl_loop", "hf_batched", "ours"]
+    for row in report["rows"]:
+        _sane_rate(row)
+    assert report["rows"][0]["items"] == 3 and report["rows"][2]["items"] == 8
+    # Greedy ids of the batched runs against the batch-1 loop, on the tiny model's sharp logits: equal.
+    assert report["rows"][2]["agreement_vs_batch1"]["items"] == 3
+    assert report["rows"][2]["agreement_vs_batch1"]["exact_sequence"] == 1.0
+    assert report["model"]["attn_implementation"] == {"text": "sdpa", "vision": "sdpa"}
+
+
+def test_throughput_workers_compare_static_and_dynamic_schedules(tmp_path):
+    out = tmp_path / "multi.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "bench.throughput", "--worker", *TINY, "--items", "8", "--skewed-items", "8",
+               "--batch-sizes", "2", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["world_size"] == 2 and set(report["sets"]) == {"realistic", "skewed"}
+    for entry in report["sets"].values():
+        phases = entry["phases"]
+        assert set(phases) == {"one_gpu", "static", "dynamic"}
+        assert phases["one_gpu"]["items"] == 8
+        for schedule in ("static", "dynamic"):
+            assert phases[schedule]["items"] == 8                      # every item exactly once over the ranks
+            assert len(phases[schedule]["per_rank"]) == 2
+            assert phases[schedule]["slowest_over_fastest"] >= 1.0
+        assert [r["items"] for r in phases["static"]["per_rank"]] == [4, 4]
+    assert report["sets"]["skewed"]["set"]["heavy_items"] >= 1
+
+
+def test_split_mode_single_split_and_big_report_memory_and_agreement(tmp_path):
+    from bench import split_mode
+
+    common = IN_PROCESS + ["--items", "2", "--quant-items", "2", "--batch-size", "2", "--scratch", str(tmp_path / "s")]
+    assert split_mode.main(["--mode", "single", *common, "--out", str(tmp_path / "single.json")]) == 0
+    assert split_mode.main(["--mode", "split", *common, "--out", str(tmp_path / "split.json")]) == 0
+    assert split_mode.main(["--mode", "big", *common, "--out", str(tmp_path / "big.json")]) == 0
+    single = json.loads((tmp_path / "single.json").read_text())
+    assert [row["precision"] for row in single["rows"]] == ["bf16", "8bit", "4bit"]
+    for row in single["rows"]:
+        _sane_rate(row)
+        assert "weights_gib" in row and "peak_gib" in row
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert [(row["layout"], row["precision"]) for row in split["rows"]] == [
+        ("split over 2 (planner)", "bf16"), ("split over 2 (internvl)", "bf16"),
+        ("split over 2 (planner)", "8bit"), ("split over 2 (planner)", "4bit")]
+    for row in split["rows"]:
+        _sane_rate(row)
+        assert sum(row["layers_per_gpu"].values()) == 4                   # the tiny model's decoder layers
+        assert len(row["layers_per_gpu"]) == 2
+    # The weights do not depend on the device map: the split model predicts what the one-device model does.
+    assert split["rows"][0]["agreement_vs_one_gpu"]["exact_sequence"] == 1.0
+    big = json.loads((tmp_path / "big.json").read_text())["rows"][0]
+    assert big["finite_logits"] is True
+    assert big["deterministic_repeat"]["exact_sequence"] == 1.0
+    assert big["agreement_batch1_vs_batch"]["items"] >= 1
+
+
+def test_split_mode_replicas_meet_at_the_barrier_and_combine(tmp_path):
+    common = ["-m", "bench.split_mode", "--mode", "replica", *TINY, "--items", "4", "--batch-size", "2",
+              "--scratch", str(tmp_path / "s")]
+    out = tmp_path / "replicas.json"
+    first = subprocess.Popen([sys.executable, *common, "--replica-index", "0", "--out", str(out)], cwd=REPO, env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.run([sys.executable, *common, "--replica-index", "1"], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=120)
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, stderr[-2000:] + second.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["replica"] for r in report["replicas"]] == [0, 1]
+    assert report["rows"][0]["items"] == 4
+    _sane_rate(report["rows"][0])
