@@ -26,7 +26,7 @@ from launcher.journal import Journal, journal_path, next_attempt, read_journal, 
 from launcher.outputs import (atomic_write_json, atomic_write_jsonl, atomic_write_text, check_fingerprint, checkpoint_identity,
                               git_revision, versions)
 from launcher.runner import StopFlag, StoreAddress, install_signal_handlers, run_batches
-from launcher.scheduler import contiguous_shard, cost_batches
+from launcher.scheduler import balanced_cost_cap, cost_batches, static_batches
 from launcher.topology import Topology, connect, detect, disconnect
 
 PREEMPT_GRACE_SECONDS = 10.0
@@ -144,11 +144,12 @@ class Evaluation:
         dynamic = config.schedule == "dynamic" and topology.world_size > 1
         if dynamic:
             costs = self._costs(adapter, items, prompts, pending)
-            batches = cost_batches(pending, costs, config.batch_size)
+            batches = cost_batches(pending, costs, config.batch_size,
+                                   balanced_cost_cap(costs.values(), config.batch_size))
         else:
-            shard = [pending[i] for i in contiguous_shard(len(pending), topology.rank, topology.world_size)]
-            costs = self._costs(adapter, items, prompts, shard)
-            batches = cost_batches(shard, costs, config.batch_size)
+            costs = self._costs(adapter, items, prompts, pending)
+            batches = static_batches(pending, costs, config.batch_size, topology.rank, topology.world_size,
+                                     balanced_cost_cap(costs.values(), config.batch_size))
         progress = _Progress(self, task.name, total=len(items), initial=len(items) - len(pending))
         journal = Journal(journal_path(task_dir, topology.rank, attempt))
         try:

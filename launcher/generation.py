@@ -11,6 +11,7 @@ class GenerationSettings:
     num_beams: int = 1
     temperature: float = 0.0
     seed: int = 0
+    static_cache: bool = False       # generate(cache_implementation="static"): compiled decode, see bench/RESULTS.md
 
     @property
     def do_sample(self) -> bool:
@@ -25,6 +26,8 @@ class GenerationSettings:
         }
         if self.do_sample:
             kwargs["temperature"] = self.temperature
+        if self.static_cache:
+            kwargs["cache_implementation"] = "static"
         return kwargs
 
     def to_json(self) -> dict[str, Any]:

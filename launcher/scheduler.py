@@ -10,7 +10,7 @@ Everything but `WorkQueue` is pure: plain values in, plain values out.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 
 def contiguous_shard(num_items: int, rank: int, world_size: int) -> range:
@@ -22,24 +22,49 @@ def contiguous_shard(num_items: int, rank: int, world_size: int) -> range:
     return range(start, start + base + (1 if rank < extra else 0))
 
 
-def cost_batches(indices: Sequence[int], costs: Sequence[float], batch_size: int) -> list[list[int]]:
+def cost_batches(indices: Sequence[int], costs: Mapping[int, float] | Sequence[float], batch_size: int,
+                 max_batch_cost: float | None = None) -> list[list[int]]:
     """Cut `indices` into batches of items of similar cost, most expensive first.
 
     Sorting by cost keeps padding small (items of a batch have similar tile counts and prompt lengths) and
-    puts the longest work first, so the dynamic queue's tail is made of short batches. Ties keep dataset
-    order, so the result is the same on every process.
+    puts the longest work first, so the dynamic queue's tail is made of short batches. With
+    `max_batch_cost`, a batch also closes before its summed cost would pass that bound (it always holds at
+    least one item): a few very heavy items then form small batches instead of one batch that outlasts
+    everything else (measured on 2 GPUs: one batch of 64 held 45% of a skewed set's work). Ties keep
+    dataset order, so the result is the same on every process.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     ordered = sorted(indices, key=lambda index: (-costs[index], index))
-    return [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_cost = 0.0
+    for index in ordered:
+        full = len(current) == batch_size
+        too_costly = max_batch_cost is not None and current and current_cost + costs[index] > max_batch_cost
+        if full or too_costly:
+            batches.append(current)
+            current, current_cost = [], 0.0
+        current.append(index)
+        current_cost += costs[index]
+    if current:
+        batches.append(current)
+    return batches
 
 
-def static_batches(indices: Sequence[int], costs: Sequence[float], batch_size: int,
-                   rank: int, world_size: int) -> list[list[int]]:
+def balanced_cost_cap(costs: Iterable[float], batch_size: int) -> float | None:
+    """The cost bound of one batch: `batch_size` items of median cost (None when there are no items)."""
+    values = sorted(costs)
+    if not values:
+        return None
+    return batch_size * values[len(values) // 2]
+
+
+def static_batches(indices: Sequence[int], costs: Mapping[int, float] | Sequence[float], batch_size: int,
+                   rank: int, world_size: int, max_batch_cost: float | None = None) -> list[list[int]]:
     """This rank's batches under the static schedule: its contiguous shard of `indices`, cost-grouped."""
     shard = contiguous_shard(len(indices), rank, world_size)
-    return cost_batches([indices[position] for position in shard], costs, batch_size)
+    return cost_batches([indices[position] for position in shard], costs, batch_size, max_batch_cost)
 
 
 class WorkQueue:

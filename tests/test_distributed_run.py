@@ -64,7 +64,7 @@ def test_more_processes_than_items_finish_cleanly(native_checkpoint, tmp_path_fa
 
     root = tmp_path_factory.mktemp("two_items")
     generate_benchmark(root / "synthetic", n_items=2, seed=99, split="test")
-    result = torchrun(3, common_args(native_checkpoint, root, tmp_path, "--batch-size", "1"))
+    result = torchrun(3, common_args(native_checkpoint, root, tmp_path, "--batch-size", "1", "--schedule", "static"))
     assert result.returncode == 0, explain(result)
     assert len(predictions(tmp_path, TASK)) == 2
     assert sorted(entry["items"] for entry in manifest(tmp_path)["tasks"][TASK]["per_rank"]) == [0, 1, 1]

@@ -60,3 +60,24 @@ def test_work_queue_hands_out_each_batch_number_once():
     claimed = [first.claim(), second.claim(), first.claim(), first.claim(), second.claim(),
                second.claim(), first.claim()]
     assert claimed == [0, 1, 2, 3, 4, None, None]
+
+
+def test_a_cost_cap_gives_heavy_items_small_batches():
+    costs = {0: 10.0, 1: 10.0, 2: 10.0, **{index: 1.0 for index in range(3, 11)}}
+    batches = cost_batches(list(range(11)), costs, batch_size=4, max_batch_cost=12.0)
+    assert batches == [[0], [1], [2, 3, 4], [5, 6, 7, 8], [9, 10]]
+
+
+def test_the_cost_cap_is_batch_size_items_of_median_cost():
+    from launcher.scheduler import balanced_cost_cap
+
+    assert balanced_cost_cap([1.0, 2.0, 3.0, 100.0, 2.0], 8) == 16.0
+    assert balanced_cost_cap([], 8) is None
+
+
+def test_static_batches_with_a_cap_still_partition_every_shard():
+    indices = list(range(30))
+    costs = {index: (50.0 if index % 9 == 0 else 1.0) for index in indices}
+    seen = sorted(index for rank in range(4)
+                  for batch in static_batches(indices, costs, 5, rank, 4, max_batch_cost=5.0) for index in batch)
+    assert seen == indices
