@@ -46,6 +46,8 @@ class Evaluation:
         self.manifest: dict[str, Any] = {"status": "running", "started": now_iso(),
                                          "arguments": config.to_json(), "tasks": {}}
         self._ending = threading.Lock()
+        self._clock_origin = time.perf_counter()   # per-rank timelines count from here
+        self._loaded_at: float | None = None
 
     # ----- output
     def log(self, message: str, all_ranks: bool = False) -> None:
@@ -86,7 +88,8 @@ class Evaluation:
     def _setup(self) -> None:
         config = self.config
         self.topology = detect(config.gpus_per_model, config.auto)
-        self.store = connect(self.topology, config.timeout)
+        # A master that cannot be reached is an error within min(--timeout, 300 s), not a hang.
+        self.store = connect(self.topology, config.timeout, connect_timeout_s=min(config.timeout, 300.0))
         self.coordinator = Coordinator(self.store, self.topology, config.stall_timeout,
                                        on_peer_failure=self._on_peer_failure)
         self.coordinator.tick_callbacks.append(self._check_preempt_grace)
@@ -108,7 +111,8 @@ class Evaluation:
         self.coordinator.set_phase("loading model")
         started = time.perf_counter()
         adapter = load_adapter(self.config, devices)
-        seconds = time.perf_counter() - started
+        self._loaded_at = time.perf_counter()
+        seconds = self._loaded_at - started
         description = adapter.describe()
         self.store.set(f"info/{topology.rank}", json.dumps({"topology": topology.to_json(), "model": description,
                                                            "load_seconds": round(seconds, 3)}, default=str))
@@ -164,7 +168,8 @@ class Evaluation:
         self.coordinator.set_phase(f"done with {task.name}")
         store.set(f"done/{task.name}/{topology.rank}", json.dumps(
             {"items": result.items_done, "batches": result.batches, "skipped": result.skipped,
-             "oom_splits": result.oom_splits, "seconds": round(result.seconds, 3), "host": topology.hostname}))
+             "oom_splits": result.oom_splits, "seconds": round(result.seconds, 3), "host": topology.hostname,
+             "timeline": self._timeline(result)}))
         if config.no_shared_fs:
             own_rows = _rows_of(journal.path)
             self.coordinator.set_phase("collective: gather predictions")
@@ -197,6 +202,20 @@ class Evaluation:
         extra = {key: value for key, value in score.metrics.items() if key != score.metric}
         if extra:
             self.log(f"{task.name}: " + ", ".join(f"{key} {_fmt(value)}" for key, value in extra.items()))
+
+    def _timeline(self, result) -> dict[str, Any]:
+        """Seconds since this rank started: model loaded, first batch done, busy/idle within the task, finish."""
+        origin = self._clock_origin
+
+        def since(moment: float) -> float:
+            return round(moment - origin, 3)
+
+        finish = result.started_at + result.seconds
+        busy = sum(end - start for start, end in result.batch_spans)
+        return {"load_s": since(self._loaded_at or origin), "task_start_s": since(result.started_at),
+                "first_batch_s": since(result.batch_spans[0][1]) if result.batch_spans else None,
+                "busy_s": round(busy, 3), "idle_s": round(result.seconds - busy, 3), "finish_s": since(finish),
+                "batches": [[since(start), since(end)] for start, end in result.batch_spans]}
 
     def _costs(self, adapter, items: Sequence[Item], prompts: Sequence[str], indices: Sequence[int]) -> dict:
         costs: dict[int, float] = {}

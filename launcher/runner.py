@@ -141,6 +141,8 @@ class LoopResult:
     skipped: int = 0
     oom_splits: int = 0
     seconds: float = 0.0
+    started_at: float = 0.0                                         # perf_counter() when the loop began
+    batch_spans: list[tuple[float, float]] = field(default_factory=list)  # perf_counter() per batch: generate..journaled
 
 
 def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], batches: list[list[int]],
@@ -155,12 +157,13 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                         prefetch_factor=1 if workers else None, persistent_workers=False,
                         worker_init_fn=_ignore_stop_signals if workers else None)
-    result = LoopResult()
     started = time.perf_counter()
+    result = LoopResult(started_at=started)
     for prepared in loader:
         if stop.is_set():
             raise PreemptedError(f"stopped by {stop.signal_name}")
         ids = [items[i].id for i in prepared.indices]
+        batch_started = time.perf_counter()
         set_phase("generate", ids)
         texts: list[str] = []
         if prepared.inputs is not None:
@@ -174,6 +177,7 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
         result.items_done += len(rows)
         result.skipped += len(prepared.skipped)
         result.batches += 1
+        result.batch_spans.append((batch_started, time.perf_counter()))
         on_batch_done(len(rows), ids)
     result.seconds = time.perf_counter() - started
     return result

@@ -66,11 +66,13 @@ def explain(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-6000:]}"
 
 
-def start_ranks(world_size: int, args: Sequence[str], port: int | None = None, **popen) -> list[subprocess.Popen]:
-    """World_size plain processes with RANK/WORLD_SIZE set, as srun starts them (rank 0 serves the store)."""
+def start_ranks(world_size: int, args: Sequence[str], port: int | None = None, ranks: Sequence[int] | None = None,
+                **popen) -> list[subprocess.Popen]:
+    """Plain processes with RANK/WORLD_SIZE set, as srun starts them (rank 0 serves the store): every rank
+    of the world, or only `ranks`."""
     port = port or free_port()
     processes = []
-    for rank in range(world_size):
+    for rank in (range(world_size) if ranks is None else ranks):
         env = child_env(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                         LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         processes.append(subprocess.Popen([sys.executable, LAUNCH, *map(str, args)], env=env, cwd=ROOT,

@@ -160,3 +160,31 @@ def test_dry_run_plans_replicas_without_gpus_and_refuses_a_plan_that_does_not_fi
                    "--assume-gpus", "2", "--gpu-memory-gib", "0.5"])
     assert tiny.returncode == 2
     assert "does not fit" in tiny.stderr and "Traceback" not in tiny.stderr
+
+
+def test_no_shared_fs_gathers_through_the_process_group(native_checkpoint, data_root, single_process_run, tmp_path):
+    result = torchrun(2, common_args(native_checkpoint, data_root, tmp_path, "--batch-size", "1", "--no-shared-fs"))
+    assert result.returncode == 0, explain(result)
+    assert predictions(tmp_path, TASK) == predictions(single_process_run, TASK)
+
+
+def test_run_json_records_each_ranks_timeline(single_process_run):
+    (entry,) = manifest(single_process_run)["tasks"][TASK]["per_rank"]
+    timeline = entry["timeline"]
+    assert 0 <= timeline["load_s"] <= timeline["task_start_s"] <= timeline["first_batch_s"] <= timeline["finish_s"]
+    assert len(timeline["batches"]) == entry["batches"] == 11
+    assert timeline["busy_s"] == pytest.approx(sum(end - start for start, end in timeline["batches"]), abs=0.01)
+
+
+def test_an_unreachable_master_is_a_clear_error_within_the_timeout(native_checkpoint, data_root, tmp_path):
+    import time
+
+    from tests.runs import free_port, start_ranks, wait_all
+
+    started = time.monotonic()
+    rank_one_alone = start_ranks(2, common_args(native_checkpoint, data_root, tmp_path, "--timeout", "5"),
+                                 port=free_port(), ranks=[1])
+    (code, err), = wait_all(rank_one_alone, timeout=60)
+    assert code == 2, err
+    assert "MASTER_ADDR=127.0.0.1" in err and "could not reach" in err
+    assert time.monotonic() - started < 40
