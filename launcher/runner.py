@@ -7,6 +7,7 @@ process holds at most `num_workers` batches ahead of its generation.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import signal
@@ -159,7 +160,12 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
                         worker_init_fn=_ignore_stop_signals if workers else None)
     started = time.perf_counter()
     result = LoopResult(started_at=started)
-    for prepared in loader:
+    # Workers are forked with the stop signals blocked, so one arriving before a worker has set them to
+    # "ignore" stays pending and is then discarded, instead of killing the worker (torch installs a
+    # default-action SIGTERM handler in each worker before worker_init_fn runs).
+    with _stop_signals_blocked():
+        batches_in_order = iter(loader)
+    for prepared in batches_in_order:
         if stop.is_set():
             raise PreemptedError(f"stopped by {stop.signal_name}")
         ids = [items[i].id for i in prepared.indices]
@@ -183,11 +189,24 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
     return result
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR1}
+
+
 def _ignore_stop_signals(_worker_id: int) -> None:
     """Slurm signals every process of a step: a worker must not die of the SIGTERM/SIGUSR1 meant for its
     rank, which stops at the next batch boundary and then ends its workers itself."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _generate_splitting_on_oom(adapter, prepare: Preprocessor, prepared: PreparedBatch,
