@@ -41,6 +41,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from bench.report import print_table, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_S = 5.0
@@ -269,14 +270,6 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    for row in rows:
-        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
-    sys.stdout.flush()
-
-
 def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     gather = report.get("gather")
@@ -342,9 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "startup" in args.sections:
         report["startup"] = run_startup(args)
     print_table(table_rows(report), ("section", "what", "seconds", "target_s", "ok", "detail"))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     return 0
 
 

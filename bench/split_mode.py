@@ -40,7 +40,8 @@ from typing import Any, Sequence
 import torch
 
 from bench.data import BenchTask, make_set
-from bench.throughput import (agreement, device_description, item_costs, make_adapter, ours, print_table)
+from bench.report import print_table, write_report
+from bench.throughput import agreement, device_description, item_costs, make_adapter, ours
 from launcher.generation import GenerationSettings
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "8bit": torch.bfloat16, "4bit": torch.bfloat16}
@@ -398,9 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   num_workers=args.num_workers, environment=device_description(devices[0]),
                   command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]), date=time.strftime("%Y-%m-%d %H:%M:%S"))
     print_table(report["rows"], ("layout", "precision", "items", "seconds", "items_per_s", "peak_gib"))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_report(args.out, report)
     return 0
 
 

@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 import torch
 
+from bench.report import print_table, write_report
 from bench.data import BenchTask, SyntheticSet, make_set
 from launcher.adapters import NativeImageTextAdapter, _first_device
 from launcher.generation import GenerationSettings
@@ -212,14 +213,6 @@ def device_description(device: torch.device) -> dict[str, Any]:
 def _row(mode: str, batch_size: int, run: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"mode": mode, "batch_size": batch_size, "items": run["items"], "seconds": round(run["seconds"], 3),
             "items_per_s": round(run["items"] / run["seconds"], 2) if run["seconds"] > 0 else None, **(extra or {})}
-
-
-def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    for row in rows:
-        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
-    sys.stdout.flush()
 
 
 def _time_left(deadline: float) -> float:
@@ -460,9 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                if report["kind"] == "throughput_single" else
                ("set", "phase", "items", "wall_s", "items_per_s", "per_gpu", "slowest/fastest", "speedup"))
     print_table(_table_rows(report), columns)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_report(args.out, report)
     return 0
 
 
