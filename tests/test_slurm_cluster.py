@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -331,3 +332,47 @@ def test_torchrun_script_without_gpus_asks_for_nproc_per_node(slurm_env, native_
     info = wait_for_job(job_id, slurm_env, log, timeout_s=60)
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0")
     assert "SLURM_GPUS_ON_NODE" in log.read_text() and "NPROC_PER_NODE" in log.read_text()
+
+
+def _task_pid(job_id: str, procid: int) -> int:
+    """The pid of `launch.py` task `procid` of a job on this machine (its DataLoader workers share its
+    environment but were forked later, so the lowest pid is the task itself)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = set((entry / "environ").read_bytes().split(b"\0"))
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if (b"launch.py" in command and f"SLURM_JOB_ID={job_id}".encode() in environ
+                and f"SLURM_PROCID={procid}".encode() in environ):
+            found.append(int(entry.name))
+    assert found, f"no launch.py process of task {procid} in job {job_id}"
+    return min(found)
+
+
+def test_kill_9_of_one_task_under_srun_fails_the_job_fast_and_a_resubmission_resumes(
+        slurm_env, native_checkpoint, data_root, reference_predictions, tmp_path):
+    script, options, extra = MODES["srun"]
+    out_dir, log = tmp_path / "out", tmp_path / "job.log"
+    variables = job_variables(native_checkpoint, data_root, out_dir, **extra)
+    job_id = submit(script, options, slurm_env, log, **variables)
+    wait_for_journal_lines(out_dir, 8, job_id, slurm_env, log)
+    killed_at = time.monotonic()
+    os.kill(_task_pid(job_id, 1), signal.SIGKILL)
+    info = wait_for_job(job_id, slurm_env, log)
+    seconds = time.monotonic() - killed_at
+    print(f"\nkill -9 of task 1 under srun -> job {info['JobState']} in {seconds:.1f} s")
+    assert seconds < 60, read_log(log)
+    assert info["Restarts"] == "0" and info["JobState"] != "COMPLETED", read_log(log)
+    run = manifest(out_dir)
+    assert run["status"] == "failed" and run["root_cause"]["rank"] == 1, read_log(log)
+
+    second_log = tmp_path / "resubmitted.log"
+    second = submit(script, options, slurm_env, second_log, **variables)
+    assert wait_for_job(second, slurm_env, second_log)["JobState"] == "COMPLETED", read_log(second_log)
+    assert predictions(out_dir, TASK) == reference_predictions
+    counts = Counter(item for ids in journal_ids(out_dir).values() for item in ids)
+    assert len(counts) == ITEMS and set(counts.values()) == {1}
