@@ -26,7 +26,7 @@ from launcher.journal import Journal, journal_path, next_attempt, read_journal, 
 from launcher.outputs import (atomic_write_json, atomic_write_jsonl, atomic_write_text, check_fingerprint, checkpoint_identity,
                               git_revision, versions)
 from launcher.runner import StopFlag, StoreAddress, install_signal_handlers, run_batches
-from launcher.scheduler import balanced_cost_cap, cost_batches, static_batches
+from launcher.scheduler import balanced_cost_cap, contiguous_shard, cost_batches, static_batches
 from launcher.topology import Topology, connect, detect, disconnect
 
 PREEMPT_GRACE_SECONDS = 10.0
@@ -150,8 +150,9 @@ class Evaluation:
             costs = self._costs(adapter, items, prompts, pending)
             batches = cost_batches(pending, costs, config.batch_size,
                                    balanced_cost_cap(costs.values(), config.batch_size))
-        else:
-            costs = self._costs(adapter, items, prompts, pending)
+        else:  # only this rank's shard needs reading (image headers): static batches are rank-local
+            shard = [pending[i] for i in contiguous_shard(len(pending), topology.rank, topology.world_size)]
+            costs = self._costs(adapter, items, prompts, shard)
             batches = static_batches(pending, costs, config.batch_size, topology.rank, topology.world_size,
                                      balanced_cost_cap(costs.values(), config.batch_size))
         progress = _Progress(self, task.name, total=len(items), initial=len(items) - len(pending))
