@@ -147,16 +147,21 @@ class Coordinator:
             return None
         return self._failure_seen
 
-    def all_failures(self) -> list[dict]:
+    def per_rank_records(self, prefix: str) -> list[dict]:
+        """The JSON values of `<prefix>/<rank>` that exist, in rank order (what was read before the store
+        went away, if it did)."""
         records = []
         for rank in range(self.topology.world_size):
-            key = f"failures/{rank}"
+            key = f"{prefix}/{rank}"
             try:
                 if self.store.check([key]):
                     records.append(json.loads(self.store.get(key)))
             except Exception:
                 break
         return records
+
+    def all_failures(self) -> list[dict]:
+        return self.per_rank_records("failures")
 
     # ----- waiting without hanging
     def wait_for(self, keys: Sequence[str], what: str, timeout: float) -> None:

@@ -244,22 +244,11 @@ class Evaluation:
     def _write_manifest(self, status: str, extra: dict | None = None) -> None:
         manifest = dict(self.manifest, status=status, updated=now_iso(), versions=versions(),
                         git_revision=git_revision())
-        if self.store is not None and self.topology is not None:
-            manifest["processes"] = self._process_info()
+        if self.coordinator is not None:
+            manifest["processes"] = self.coordinator.per_rank_records("info")
         if extra:
             manifest.update(extra)
         atomic_write_json(self.out_dir / "run.json", manifest)
-
-    def _process_info(self) -> list[dict]:
-        info = []
-        for rank in range(self.topology.world_size):
-            key = f"info/{rank}"
-            try:
-                if self.store.check([key]):
-                    info.append(json.loads(self.store.get(key)))
-            except Exception:
-                break
-        return info
 
     def _claim_reporter(self) -> bool:
         """One process writes run.json and the full report: rank 0 if alive, else the first to notice."""
