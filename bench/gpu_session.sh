@@ -5,6 +5,10 @@
 #
 # Steps, in order (each has its own timeout; the whole session stops starting steps after
 # BENCH_BUDGET_S seconds, default 470, so that one device command of 10 minutes holds it):
+#   profile      1 GPU, 2B: plain generate on pre-made inputs at batch 64/128/256 (the baseline),
+#                split into vision / prefill / decode / other, + static cache, + torch.profiler kernels
+#   tp_ours      1 GPU, 2B, 2048 items: ours at batch 256 and 128 (8 workers) + static cache; DataLoader waits
+#   tp_ours4     the same at batch 256 with 4 workers (is preprocessing the limit?)
 #   tp_single    1 GPU, 2B shape: InternVL-style batch-1 loop vs HF batched vs ours (+ no-workers ablation)
 #   tp_workers   torchrun on 2 GPUs: one-GPU reference, static vs dynamic schedule, realistic + skewed sets
 #   sp_single    8B on one GPU: bf16, 8-bit, 4-bit
@@ -51,8 +55,9 @@ if [ "$DEVICE" = cuda ]; then
   GPU0="env CUDA_VISIBLE_DEVICES=0"; GPU1="env CUDA_VISIBLE_DEVICES=1"
   TP_WORKER_SIZES="--items 768 --skewed-items 768 --batch-sizes 64 --num-workers 2"
   TP_SINGLE_SIZES="--loop-items 32 --batch-sizes 128,256"
+  TP_OURS_SIZES="--items 2048 --batch-sizes 256,128"; TP_OURS4_SIZES="--items 2048 --batch-sizes 256"
 else
-  GPU0="env"; GPU1="env"; TP_WORKER_SIZES=""; TP_SINGLE_SIZES=""
+  GPU0="env"; GPU1="env"; TP_WORKER_SIZES=""; TP_SINGLE_SIZES=""; TP_OURS_SIZES=""; TP_OURS4_SIZES=""
 fi
 RUN="$PYTHON -m"
 
@@ -65,6 +70,11 @@ RUN="$PYTHON -m"
   $PYTHON -c "import torch, transformers, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'gpus', torch.cuda.device_count())"
   $PYTHON -c "import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)" 2>&1 | tail -1
 
+  step profile 300 $GPU0 $RUN bench.profile_generate --device $DEVICE --out "$OUT/profile.json"
+  step tp_ours 240 $GPU0 $RUN bench.throughput --device $DEVICE --sections ours,static_cache $TP_OURS_SIZES \
+       --num-workers 8 --repeats 1 --out "$OUT/throughput_ours.json"
+  step tp_ours4 90 $GPU0 $RUN bench.throughput --device $DEVICE --sections ours $TP_OURS4_SIZES --num-workers 4 \
+       --repeats 1 --out "$OUT/throughput_ours_4workers.json"
   step tp_single 150 $GPU0 $RUN bench.throughput --device $DEVICE $TP_SINGLE_SIZES --out "$OUT/throughput_1gpu.json"
   step tp_workers 140 $RUN torch.distributed.run --nproc_per_node 2 --master_port 29533 -m bench.throughput \
        --device $DEVICE --worker $TP_WORKER_SIZES --out "$OUT/throughput_2gpu.json"

@@ -161,8 +161,13 @@ def ours(adapter, items, prompts, batches: list[list[int]], settings: Generation
         seconds = time.perf_counter() - started
         journal.close()
         rows = list(read_journal(journal.path))
+    busy = sum(end - begin for begin, end in result.batch_spans)
+    first = result.batch_spans[0][0] - result.started_at if result.batch_spans else None
     return {"seconds": seconds, "items": result.items_done, "batches": result.batches,
-            "oom_splits": result.oom_splits, "predictions": {row["id"]: row["prediction"] for row in rows}}
+            "oom_splits": result.oom_splits, "predictions": {row["id"]: row["prediction"] for row in rows},
+            # Time the loop waited for the DataLoader: the GPU idles then (first batch included).
+            "waiting_for_data_s": round(result.seconds - busy, 3),
+            "first_batch_ready_s": round(first, 3) if first is not None else None}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,8 +216,10 @@ def device_description(device: torch.device) -> dict[str, Any]:
 
 
 def _row(mode: str, batch_size: int, run: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    waits = {key: run[key] for key in ("waiting_for_data_s", "first_batch_ready_s") if key in run}
     return {"mode": mode, "batch_size": batch_size, "items": run["items"], "seconds": round(run["seconds"], 3),
-            "items_per_s": round(run["items"] / run["seconds"], 2) if run["seconds"] > 0 else None, **(extra or {})}
+            "items_per_s": round(run["items"] / run["seconds"], 2) if run["seconds"] > 0 else None, **waits,
+            **(extra or {})}
 
 
 def _time_left(deadline: float) -> float:
@@ -449,7 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     for row in report.get("rows", []):
         row.pop("predictions", None)
-    columns = (("mode", "batch_size", "items", "seconds", "items_per_s", "exact_vs_b1", "first_tok_vs_b1")
+    columns = (("mode", "batch_size", "items", "seconds", "items_per_s", "waiting_for_data_s", "exact_vs_b1",
+                "first_tok_vs_b1")
                if report["kind"] == "throughput_single" else
                ("set", "phase", "items", "wall_s", "items_per_s", "per_gpu", "slowest/fastest", "speedup"))
     print_table(_table_rows(report), columns)
