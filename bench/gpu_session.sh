@@ -9,6 +9,12 @@
 #                split into vision / prefill / decode / other, + static cache, + torch.profiler kernels
 #   tp_ours      1 GPU, 2B, 2048 items: ours at batch 256 and 128 (8 workers) + static cache; DataLoader waits
 #   tp_ours4     the same at batch 256 with 4 workers (is preprocessing the limit?)
+#   tp_final     1 GPU, 2B, 2048 items, one process: InternVL-style loop, plain generate on pre-made inputs
+#                at batch 128 and 256 (twice each), ours at 256 (twice) and 128: the one-GPU targets
+#   scale4_8b    torchrun on 4 GPUs, 8B: rank 0 alone (one GPU), static and dynamic over 4; realistic
+#                (2048 items) and skewed (1024) sets, batch 64: scaling and slowest/fastest ratios
+#   scale2_8b    the same on GPUs 0,1, realistic set only (the 2-GPU point of the scaling curve)
+#   gpu_tests    the GPU-only tests (CUDA-graph replay vs generate; uint8 pixels on the device)
 #   tp_single    1 GPU, 2B shape: InternVL-style batch-1 loop vs HF batched vs ours (+ no-workers ablation)
 #   tp_workers   torchrun on 2 GPUs: one-GPU reference, static vs dynamic schedule, realistic + skewed sets
 #   sp_single    8B on one GPU: bf16, 8-bit, 4-bit
@@ -56,8 +62,14 @@ if [ "$DEVICE" = cuda ]; then
   TP_WORKER_SIZES="--items 768 --skewed-items 768 --batch-sizes 64 --num-workers 2"
   TP_SINGLE_SIZES="--loop-items 32 --batch-sizes 128,256"
   TP_OURS_SIZES="--items 2048 --batch-sizes 256,128"; TP_OURS4_SIZES="--items 2048 --batch-sizes 256"
+  TP_FINAL_SIZES="--items 2048 --loop-items 32 --batch-sizes 256,128 --plain-batch-sizes 128,256"
+  SCALE_SIZES="--shape 8b --items 2048 --skewed-items 1024 --batch-sizes 64"
+  GPUS4=0,1,2,3; GPUS2=0,1; NPROC4=4
 else
   GPU0="env"; GPU1="env"; TP_WORKER_SIZES=""; TP_SINGLE_SIZES=""; TP_OURS_SIZES=""; TP_OURS4_SIZES=""
+  TP_FINAL_SIZES="--items 24 --loop-items 4 --batch-sizes 8,4 --plain-batch-sizes 4,8"
+  SCALE_SIZES="--items 24 --skewed-items 24 --batch-sizes 4"
+  GPUS4=; GPUS2=; NPROC4=2
 fi
 RUN="$PYTHON -m"
 
@@ -75,6 +87,15 @@ RUN="$PYTHON -m"
        --num-workers 8 --repeats 1 --out "$OUT/throughput_ours.json"
   step tp_ours4 90 $GPU0 $RUN bench.throughput --device $DEVICE --sections ours $TP_OURS4_SIZES --num-workers 4 \
        --repeats 1 --out "$OUT/throughput_ours_4workers.json"
+  step tp_final 240 $GPU0 $RUN bench.throughput --device $DEVICE --sections loop,plain,ours $TP_FINAL_SIZES \
+       --repeats 2 --num-workers 8 --out "$OUT/throughput_1gpu_final.json"
+  step scale4_8b 300 env CUDA_VISIBLE_DEVICES=$GPUS4 $RUN torch.distributed.run --nproc_per_node $NPROC4 \
+       --master_port 29534 -m bench.throughput --device $DEVICE --worker $SCALE_SIZES --num-workers 8 \
+       --out "$OUT/scaling_4gpu_8b.json"
+  step scale2_8b 120 env CUDA_VISIBLE_DEVICES=$GPUS2 $RUN torch.distributed.run --nproc_per_node 2 \
+       --master_port 29535 -m bench.throughput --device $DEVICE --worker $SCALE_SIZES --num-workers 8 \
+       --sets realistic --skip-one-gpu --out "$OUT/scaling_2gpu_8b.json"
+  step gpu_tests 90 $PYTHON -m pytest -q -x -p no:cacheprovider tests/test_fast_decode.py tests/test_pixel_transfer.py
   step tp_single 150 $GPU0 $RUN bench.throughput --device $DEVICE $TP_SINGLE_SIZES --out "$OUT/throughput_1gpu.json"
   step tp_workers 140 $RUN torch.distributed.run --nproc_per_node 2 --master_port 29533 -m bench.throughput \
        --device $DEVICE --worker $TP_WORKER_SIZES --out "$OUT/throughput_2gpu.json"

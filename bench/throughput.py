@@ -4,11 +4,14 @@ Single process (`python -m bench.throughput --device cuda|cpu`), on one device, 
 
 * `internvl_loop`: InternVL's evaluation loop: batch 1, its contiguous shard in dataset order, one
   DataLoader worker preparing the next item, one `generate` per item;
+* `plain`: `model.generate` alone over cost-sorted batches made beforehand and already on the GPU
+  (no preprocessing timed): the issue's "plain generate at its best batch size" baseline;
 * `hf_batched`: what lmms-eval does: items sorted by prompt length, fixed batches, preprocessing in the
   main process between generate calls (no overlap);
 * `ours`: `launcher.runner.run_batches` with our adapter (`NativeImageTextAdapter`): batches grouped by
-  `adapter.estimate_cost` (`cost_batches`), DataLoader workers opening images and collating
-  (processor, chat template, left padding) while the GPU generates, pinned memory;
+  `adapter.estimate_cost` (`plan_batches`, as a run plans them), DataLoader workers preparing each
+  batch in chunks (images, processor, chat template, left padding) while the GPU generates, joined
+  into pinned memory;
 * `ours, no DataLoader workers`: the same with `num_workers=0` (preprocessing not overlapped);
 * `ours+static_cache` (`--sections static_cache`): the same, with `generate(cache_implementation="static")`
   (transformers then compiles the decoding step), through a local adapter subclass: the product is untouched.
@@ -19,9 +22,9 @@ tokenizer's words). Greedy agreement: each batched mode's ids against the batch-
 
 Multi-GPU (`torchrun --nproc_per_node G -m bench.throughput --worker ...`): every process builds the
 model on its GPU and, for each set, runs (1) rank 0 alone over the whole set (one-GPU reference, same
-processes), (2) the static schedule (contiguous shards, `static_batches`), (3) the dynamic schedule
-(one cost-sorted batch list, longest first, batch numbers claimed from the store's atomic counter by
-the DataLoader workers: `WorkQueue`, exactly as `evaluation.py` wires it). Each rank's finish time is
+processes), (2) the static schedule (contiguous shards, `plan_batches`), (3) the dynamic schedule
+(one cost-sorted batch list, longest first, shrinking tail, batch numbers claimed from the store's
+atomic counter by each process's loader: `WorkQueue`, exactly as `evaluation.py` wires it). Each rank's finish time is
 measured from a common barrier; the report gives items/s per GPU, scaling over the one-GPU run and the
 slowest / fastest finish-time ratio.
 
@@ -57,9 +60,12 @@ class RecordingAdapter(NativeImageTextAdapter):
     @torch.inference_mode()
     def generate(self, batch, settings: GenerationSettings) -> list[str]:
         inputs = batch.to(_first_device(self.model), self.dtype)
-        output = self.model.generate(**inputs, **settings.generate_kwargs(), **self.generate_kwargs,
-                                     pad_token_id=self.tokenizer.pad_token_id)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
+        if self.generate_kwargs:
+            output = self.model.generate(**inputs, **settings.generate_kwargs(), **self.generate_kwargs,
+                                         pad_token_id=self.tokenizer.pad_token_id)
+            new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
+        else:   # the product's path: our greedy loop unless settings.decode == "generate"
+            new_tokens = self._new_tokens(inputs, settings).tolist()
         eos = self.tokenizer.eos_token_id
         texts = []
         for row in new_tokens:
@@ -143,7 +149,7 @@ def hf_batched(adapter, items, prompts, indices: Sequence[int], settings: Genera
 
 
 def ours(adapter, items, prompts, batches: list[list[int]], settings: GenerationSettings, num_workers: int,
-         *, queue_key: str | None = None, store=None, store_address=None) -> dict[str, Any]:
+         *, queue_key: str | None = None, store=None) -> dict[str, Any]:
     """`run_batches`, the product's loop, over `batches` (claimed from the store when `queue_key` is set)."""
     from launcher.journal import Journal, read_journal
     from launcher.runner import StopFlag, run_batches
@@ -155,7 +161,7 @@ def ours(adapter, items, prompts, batches: list[list[int]], settings: Generation
         result = run_batches(task=BenchTask(), items=items, prompts=prompts, batches=batches, adapter=adapter,
                              settings=settings, journal=journal, on_bad_item="error", num_workers=num_workers,
                              pin_memory=torch.cuda.is_available(), queue_key=queue_key, store=store,
-                             store_address=store_address, stop=StopFlag(), on_batch_done=lambda *_: None,
+                             stop=StopFlag(), on_batch_done=lambda *_: None,
                              set_phase=lambda *_: None)
         _sync()
         seconds = time.perf_counter() - started
@@ -244,29 +250,47 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
     items = synthetic.items
     prompts = [BenchTask().prompt(item) for item in items]
     adapter = make_adapter(model, processor, synthetic, dtype)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, decode=args.decode)
+    # The baselines decode as their tools do: transformers' generate.
+    baseline_settings = GenerationSettings(max_new_tokens=args.max_new_tokens, decode="generate")
     costs = item_costs(adapter, items, prompts)
     everything = list(range(len(items)))
     report: dict[str, Any] = {"kind": "throughput_single", "shape": args.shape, "model": model.bench_info,
                               "environment": device_description(device), "set": synthetic.describe(),
                               "max_new_tokens": args.max_new_tokens, "num_workers": args.num_workers,
                               "mean_cost_tokens": round(sum(costs) / len(costs), 1), "rows": [], "skipped": []}
-    from launcher.scheduler import cost_batches
+    from launcher.scheduler import plan_batches
 
     # Warm-up: kernels, cuBLAS handles, allocator, DataLoader fork.
     warm = everything[:min(len(items), max(args.batch_sizes))]
-    ours(adapter, items, prompts, cost_batches(warm, costs, max(args.batch_sizes)), settings, args.num_workers)
-    internvl_loop(adapter, items, prompts, everything[:2], settings)
+    ours(adapter, items, prompts, plan_batches(warm, costs, max(args.batch_sizes), 0, 1, False), settings,
+         args.num_workers)
+    internvl_loop(adapter, items, prompts, everything[:2], baseline_settings)
 
     sections = args.sections
     reference: dict[str, str] = {}
     if "loop" in sections:
-        baseline = internvl_loop(adapter, items, prompts, everything[:args.loop_items], settings)
+        baseline = internvl_loop(adapter, items, prompts, everything[:args.loop_items], baseline_settings)
         report["rows"].append(_row("internvl_loop", 1, baseline))
         reference = baseline["predictions"]
 
+    if "plain" in sections:   # the issue's baseline: generate alone, inputs made beforehand and on the GPU
+        from bench.profile_generate import premade_batches, timed_generate
+
+        for batch_size in args.plain_batch_sizes:
+            made = premade_batches(adapter, items, prompts, plan_batches(everything, costs, batch_size, 0, 1, False),
+                                   max(1, args.num_workers))
+            on_device = [inputs.to(device, dtype) for inputs in made]
+            del made
+            timed_generate(adapter, on_device[:1], settings)
+            for repeat in range(args.repeats):
+                plain = timed_generate(adapter, on_device, settings)
+                report["rows"].append({"mode": "plain generate, pre-made inputs on the GPU", "batch_size": batch_size,
+                                       "repeat": repeat, **plain})
+            del on_device
+
     if "hf" in sections:
-        hf = hf_batched(adapter, items, prompts, everything, settings, args.hf_batch_size)
+        hf = hf_batched(adapter, items, prompts, everything, baseline_settings, args.hf_batch_size)
         report["rows"].append(_row("hf_batched", args.hf_batch_size, hf,
                                    {"agreement_vs_batch1": agreement(reference, hf["predictions"])}))
 
@@ -275,7 +299,7 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
         sizes = args.batch_sizes if "ours" in sections else args.batch_sizes[:1]
         for batch_size in sizes:
             for repeat in range(args.repeats if batch_size == sizes[0] else 1):
-                run = ours(adapter, items, prompts, cost_batches(everything, costs, batch_size), settings,
+                run = ours(adapter, items, prompts, plan_batches(everything, costs, batch_size, 0, 1, False), settings,
                            args.num_workers)
                 report["rows"].append(_row("ours", batch_size, run, {
                     "repeat": repeat, "agreement_vs_batch1": agreement(reference, run["predictions"])}))
@@ -284,7 +308,7 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
 
     if "no_workers" in sections:
         batch_size = args.batch_sizes[0]
-        run = ours(adapter, items, prompts, cost_batches(everything, costs, batch_size), settings, 0)
+        run = ours(adapter, items, prompts, plan_batches(everything, costs, batch_size, 0, 1, False), settings, 0)
         report["rows"].append(_row("ours, no DataLoader workers (no overlap)", batch_size, run))
 
     if "static_cache" in sections:
@@ -293,7 +317,7 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
             report["skipped"].append(f"static_cache: {int(_time_left(deadline))} s left of the budget")
         else:
             static = make_adapter(model, processor, synthetic, dtype, {"cache_implementation": "static"})
-            batches = cost_batches(everything, costs, batch_size)
+            batches = plan_batches(everything, costs, batch_size, 0, 1, False)
             first = ours(static, items, prompts, batches, settings, args.num_workers)
             report["rows"].append(_row("ours+static_cache (first run, incl. compile)", batch_size, first))
             for repeat in range(args.repeats):
@@ -317,8 +341,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any] | None:
     import torch.distributed as dist
 
     from bench.models import build_random_internvl
-    from launcher.runner import StoreAddress
-    from launcher.scheduler import contiguous_shard, cost_batches, static_batches
+    from launcher.scheduler import contiguous_shard, plan_batches
     from launcher.topology import connect, detect, disconnect
 
     topology = detect()
@@ -328,8 +351,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any] | None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, processor = build_random_internvl(args.shape, device, dtype)
     tile = int(model.config.vision_config.image_size[0])
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    address = StoreAddress(topology.master_addr, topology.master_port, f"launcher/restart{topology.restart_count}")
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, decode=args.decode)
     report: dict[str, Any] = {"kind": "throughput_multi", "shape": args.shape, "world_size": world,
                               "model": model.bench_info, "environment": device_description(device),
                               "max_new_tokens": args.max_new_tokens, "num_workers": args.num_workers,
@@ -341,6 +363,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any] | None:
         return [json.loads(store.get(f"bench/{phase}/{r}")) for r in range(world)]
 
     for set_name, num_items in (("realistic", args.items), ("skewed", args.skewed_items)):
+        if set_name not in args.sets:
+            continue
         synthetic = make_set(set_name, num_items, tile)
         items = synthetic.items
         prompts = [BenchTask().prompt(item) for item in items]
@@ -348,25 +372,24 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any] | None:
         costs = item_costs(adapter, items, prompts)
         everything = list(range(len(items)))
         # Warm-up on every rank (shapes of this set: the most expensive items first).
-        warm = cost_batches(everything, costs, batch_size)[:1]
+        warm = plan_batches(everything, costs, batch_size, 0, 1, False)[:1]
         ours(adapter, items, prompts, warm, settings, args.num_workers)
         phases: dict[str, Any] = {}
 
         dist.barrier()
-        if rank == 0:
-            alone = ours(adapter, items, prompts, cost_batches(everything, costs, batch_size), settings,
+        if rank == 0 and not args.skip_one_gpu:
+            alone = ours(adapter, items, prompts, plan_batches(everything, costs, batch_size, 0, 1, False), settings,
                          args.num_workers)
             phases["one_gpu"] = {"seconds": round(alone["seconds"], 3), "items": alone["items"],
                                  "items_per_s": round(alone["items"] / alone["seconds"], 2)}
         dist.barrier()
 
         for schedule in ("static", "dynamic"):
+            batches = plan_batches(everything, costs, batch_size, rank, world, schedule == "dynamic")
             if schedule == "static":
-                batches = static_batches(everything, costs, batch_size, rank, world)
                 queue = {}
             else:
-                batches = cost_batches(everything, costs, batch_size)
-                queue = {"queue_key": f"bench/queue/{set_name}", "store": store, "store_address": address}
+                queue = {"queue_key": f"bench/queue/{set_name}", "store": store}
             shard_cost = sum(costs[i] for batch in batches for i in batch) if schedule == "static" else None
             dist.barrier()
             run = ours(adapter, items, prompts, batches, settings, args.num_workers, **queue)
@@ -420,15 +443,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker", action="store_true", help="run as a torchrun worker (scaling, schedules)")
     parser.add_argument("--items", type=int, default=None, help="items of the realistic set")
     parser.add_argument("--skewed-items", type=int, default=None)
+    parser.add_argument("--sets", type=lambda s: s.split(","), default=["realistic", "skewed"],
+                        help="workers: comma list of realistic, skewed")
+    parser.add_argument("--skip-one-gpu", action="store_true",
+                        help="workers: no rank-0-alone reference run (taken from another run of the session)")
     parser.add_argument("--loop-items", type=int, default=None, help="items the batch-1 loop runs")
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=None,
                         help="ours: first one repeated --repeats times and used by the workers")
     parser.add_argument("--hf-batch-size", type=int, default=None)
+    parser.add_argument("--plain-batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="plain generate on pre-made inputs (section plain)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=None)
-    parser.add_argument("--sections", default="loop,hf,ours,no_workers",
-                        help="single process: comma list of loop, hf, ours, no_workers, static_cache")
+    parser.add_argument("--decode", choices=("auto", "generate"), default="auto",
+                        help="ours: the product's --decode (the baselines always use generate)")
+    parser.add_argument("--sections", default="loop,plain,hf,ours,no_workers",
+                        help="single process: comma list of loop, plain, hf, ours, no_workers, static_cache")
     parser.add_argument("--budget-s", type=float, default=400.0, help="skip optional variants past this")
     parser.add_argument("--static-cache-min-s", type=float, default=120.0)
     parser.add_argument("--out", default=None, help="JSON file")
@@ -436,7 +467,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     cpu = args.device == "cpu"
     defaults = {"shape": "tiny" if cpu else "2b", "items": 24 if cpu else 1024, "skewed_items": 24 if cpu else 512,
                 "loop_items": 6 if cpu else 48, "batch_sizes": [8] if cpu else [128, 64, 256],
-                "hf_batch_size": 8 if cpu else 128, "max_new_tokens": 4 if cpu else 16,
+                "hf_batch_size": 8 if cpu else 128, "plain_batch_sizes": [8] if cpu else [128, 256],
+                "max_new_tokens": 4 if cpu else 16,
                 "num_workers": 1 if cpu else 4}
     for name, value in defaults.items():
         if getattr(args, name) is None:

@@ -9,6 +9,12 @@ An `Adapter` splits the work of one batch in two:
   overlaps when the batch is pinned), runs greedy or beam search, returns the decoded texts in
   batch order, special tokens removed and whitespace stripped.
 
+Pixels travel as uint8 where that is exact: collate leaves rescale + mean/std normalisation out and
+`ModelInputs.to` applies it on the device after the copy (`launcher.pixel_normalization` says why).
+The remote-code adapter always does (our own tiling); the native adapter does when a probe at
+construction shows its processor's bytes, normalised by us, equal its own float output
+(`NativeImageTextAdapter.deferred_normalization`); `describe()["pixel_transfer"]` records which.
+
 Adapters:
 
 * `NativeImageTextAdapter`: transformers-native image-text-to-text models (InternVL `-hf`, LLaVA,
@@ -38,6 +44,7 @@ Prompts and images (decisions):
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -48,6 +55,8 @@ from PIL import Image
 from eval_scripts.base import DataError, Item
 from launcher.errors import UserError
 from launcher.generation import GenerationSettings
+from launcher.pixel_normalization import PixelNormalization
+from launcher.tiling import IMAGENET_NORMALIZATION
 
 IMAGE_PLACEHOLDER = "<image>"
 IMG_START_TOKEN = "<img>"
@@ -57,28 +66,87 @@ IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 
 @dataclass
 class ModelInputs:
-    """One collated batch: tensors for the model (CPU, maybe pinned) and plain values beside them."""
+    """One collated batch: tensors for the model (CPU, maybe pinned) and plain values beside them.
+
+    With `pixel_normalization` set, `tensors["pixel_values"]` holds uint8 bytes that `to()` normalises
+    on the device; every caller of `to()` (adapters, benchmarks) thus gets model-ready pixel values.
+    """
 
     tensors: dict[str, torch.Tensor]
     size: int
     extra: dict[str, Any] = field(default_factory=dict)
+    pixel_normalization: PixelNormalization | None = None
+    pad_values: dict[str, int] = field(default_factory=dict)   # left-padded [rows, length, ...] tensors
 
     def __len__(self) -> int:
         return self.size
 
     def pin_memory(self) -> "ModelInputs":
         """Called by the DataLoader (pin_memory=True) so the host-to-GPU copy can be asynchronous."""
-        return ModelInputs({k: v.pin_memory() for k, v in self.tensors.items()}, self.size, dict(self.extra))
+        return dataclasses.replace(self, tensors={k: v.pin_memory() for k, v in self.tensors.items()},
+                                   extra=dict(self.extra))
 
-    def to(self, device: torch.device, float_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """The tensors on `device`; floating ones (pixel values) cast to `float_dtype`."""
+    @classmethod
+    def join(cls, parts: Sequence["ModelInputs"], pin_memory: bool = False) -> "ModelInputs":
+        """One batch from parts collated apart, in order: what one collate of all their items gives.
+
+        Tensors named in `pad_values` (token ids, masks) are left-padded to the longest part, as the
+        tokenizer pads a whole batch; every other tensor (pixel values: rows, tiles or patches) is
+        concatenated on its first dimension; list extras (one entry per item) are chained. The result
+        is written straight into pinned memory when `pin_memory`, the one copy the join costs.
+        """
+        first = parts[0]
+        if len(parts) == 1:
+            return first.pin_memory() if pin_memory else first
+        if any(part.tensors.keys() != first.tensors.keys() or part.extra.keys() != first.extra.keys()
+               for part in parts):
+            raise ValueError("parts with different inputs (e.g. with and without images) cannot be joined")
+        tensors = {}
+        for name, tensor in first.tensors.items():
+            pieces = [part.tensors[name] for part in parts]
+            rows = sum(piece.shape[0] for piece in pieces)
+            if name in first.pad_values:
+                width = max(piece.shape[1] for piece in pieces)
+                joined = torch.full((rows, width, *tensor.shape[2:]), first.pad_values[name], dtype=tensor.dtype,
+                                    pin_memory=pin_memory)
+                row = 0
+                for piece in pieces:
+                    joined[row:row + piece.shape[0], width - piece.shape[1]:] = piece
+                    row += piece.shape[0]
+            else:
+                joined = torch.empty((rows, *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=pin_memory)
+                torch.cat(pieces, out=joined)
+            tensors[name] = joined
+        extra = {key: [value for part in parts for value in part.extra[key]] for key in first.extra}
+        return dataclasses.replace(first, tensors=tensors, size=sum(part.size for part in parts), extra=extra)
+
+    def to(self, device: torch.device, float_dtype: torch.dtype | None = None, *,
+           pixel_device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """The tensors on `device` (pixel values on `pixel_device` when given: a split model's vision
+        tower); floating ones cast to `float_dtype`; uint8 pixel values with a `pixel_normalization`
+        normalised after the copy, on their device, into `float_dtype` (float32 when None)."""
         moved = {}
         for name, tensor in self.tensors.items():
+            target = pixel_device if name == "pixel_values" and pixel_device is not None else device
             if float_dtype is not None and tensor.is_floating_point():
-                moved[name] = tensor.to(device, dtype=float_dtype, non_blocking=True)
+                moved[name] = tensor.to(target, dtype=float_dtype, non_blocking=True)
             else:
-                moved[name] = tensor.to(device, non_blocking=True)
+                moved[name] = tensor.to(target, non_blocking=True)
+        pixels = moved.get("pixel_values")
+        if self.pixel_normalization is not None and pixels is not None and pixels.dtype == torch.uint8:
+            moved["pixel_values"] = self.pixel_normalization.apply(pixels, float_dtype)
         return moved
+
+
+def _token_pad_values(tensors: dict[str, torch.Tensor], pad_token_id: int | None) -> dict[str, int]:
+    """Pad values of the left-padded token tensors of a collated batch: integer tensors shaped like
+    `input_ids` in their first two dimensions (ids: the pad token; masks and type ids: 0)."""
+    ids = tensors.get("input_ids")
+    if ids is None:
+        return {}
+    return {name: (int(pad_token_id or 0) if name == "input_ids" else 0) for name, tensor in tensors.items()
+            if tensor.dim() >= 2 and tensor.shape[:2] == ids.shape[:2]
+            and tensor.dtype in (torch.int64, torch.int32, torch.bool)}
 
 
 def _first_device(model: Any) -> torch.device:
@@ -105,6 +173,7 @@ class Adapter:
         self.dtype = dtype if dtype is not None else getattr(model, "dtype", torch.float32)
         self.device_map = dict(device_map or {})
         self.quantization = quantization
+        self._decoder: Any = None        # GreedyDecoder once made; False when generate must be used
 
     def collate(self, items: Sequence[Item], prompts: Sequence[str],
                 images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
@@ -125,6 +194,42 @@ class Adapter:
             "quantization": self.quantization,
             "tokenizer": type(self.tokenizer).__name__,
         }
+
+    def fast_decode_unsupported(self) -> str | None:
+        """Why `launcher.fast_decode` cannot replace `generate` for this model, or None."""
+        from launcher.fast_decode import unsupported_reason
+
+        if self.quantization:
+            return f"{self.quantization} weights (bitsandbytes kernels are not captured in CUDA graphs)"
+        return unsupported_reason(self.model)
+
+    def _new_tokens(self, inputs: dict[str, torch.Tensor], settings: GenerationSettings) -> torch.Tensor:
+        """The generated token ids [B, n] after the prompt: our greedy loop where it applies (one
+        `GreedyDecoder` per adapter, so batches of one shape reuse its CUDA graph), else `generate`."""
+        from launcher.fast_decode import FastDecodeError, GreedyDecoder
+
+        if settings.fast_greedy and self._decoder is None:
+            self._decoder = False
+            if self.fast_decode_unsupported() is None:
+                self._decoder = GreedyDecoder(self.model, eos_token_id=self.model.generation_config.eos_token_id,
+                                              pad_token_id=self.tokenizer.pad_token_id,
+                                              use_cuda_graph=_first_device(self.model).type == "cuda")
+        if settings.fast_greedy and self._decoder:
+            try:
+                return self._decoder.generate(inputs, settings.max_new_tokens)
+            except FastDecodeError as error:   # e.g. a capture that fails: say so once, then use generate
+                print(f"[launcher] fast greedy decoding failed, using transformers' generate: {error}",
+                      file=sys.stderr, flush=True)
+                self._decoder = False
+        output = self.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=self.tokenizer.pad_token_id)
+        return output[:, inputs["input_ids"].shape[1]:]
+
+    def _decode_description(self) -> str:
+        reason = self.fast_decode_unsupported()
+        if reason is not None:
+            return f"transformers generate ({reason})"
+        return "launcher.fast_decode greedy loop" + (
+            ", CUDA graph" if _first_device(self.model).type == "cuda" else ", eager") + " (sampling, beams: generate)"
 
     def _prompt_tokens(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -236,6 +341,8 @@ class NativeImageTextAdapter(Adapter):
             self.processor_kwargs = dict(native_processor_kwargs(dynamic, max_num))
         self.chat_template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
         self.image_token = getattr(processor, "image_token", None) or "<image>"
+        # None: collate ships the processor's float32 pixel values as they are.
+        self.pixel_normalization = self.deferred_normalization()
 
     def text(self, prompt: str, num_images: int) -> str:
         """The model's chat-formatted text for one item: one image part per image, then the prompt."""
@@ -246,26 +353,59 @@ class NativeImageTextAdapter(Adapter):
                                                       chat_template=self.chat_template)
         return "".join(self.image_token + "\n" for _ in range(num_images)) + prompt
 
+    def encode(self, texts: Sequence[str], images: Sequence[Image.Image], *, as_bytes: bool) -> Any:
+        """The processor's output for chat-formatted `texts` and all their `images`; `as_bytes`: pixel
+        values without rescale and normalisation (top-level keyword arguments reach the image processor)."""
+        kwargs: dict[str, Any] = {"text": list(texts), "padding": True, "return_tensors": "pt"}
+        if images:
+            kwargs["images"] = list(images)
+            kwargs.update(self.processor_kwargs)
+            if as_bytes:
+                kwargs.update(do_rescale=False, do_normalize=False)
+        return self.processor(**kwargs)
+
+    def deferred_normalization(self) -> PixelNormalization | None:
+        """The image processor's rescale + normalisation when collate can leave them to the device, else None.
+
+        Checked once, not assumed from attributes: two probe images go through `encode` as collate
+        sends them, as they are and `as_bytes`; deferral is on only if the second gives uint8 pixels of
+        the same shape that `PixelNormalization` turns into the first within 1e-5. Anything else (an
+        exception, another dtype, another layout such as Qwen2-VL's flattened patches) keeps the
+        processor's float32 path, which is always correct.
+        """
+        image_processor = getattr(self.processor, "image_processor", None)
+        try:
+            if not (image_processor.do_rescale and image_processor.do_normalize):
+                return None
+            normalization = PixelNormalization(float(image_processor.rescale_factor),
+                                               _per_channel(image_processor.image_mean),
+                                               _per_channel(image_processor.image_std))
+            images = _probe_images(getattr(image_processor, "size", None))
+            texts = [self.text("describe the image", 1) for _ in images]
+            expected = self.encode(texts, images, as_bytes=False)["pixel_values"]
+            pixel_bytes = self.encode(texts, images, as_bytes=True)["pixel_values"]
+            if pixel_bytes.dtype != torch.uint8 or pixel_bytes.shape != expected.shape:
+                return None
+            difference = float((normalization.apply(pixel_bytes) - expected.float()).abs().max())
+        except Exception:  # any failure of the probe only means: no deferral
+            return None
+        return normalization if difference <= 1e-5 else None
+
     def collate(self, items: Sequence[Item], prompts: Sequence[str],
                 images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
         texts = [self.text(prompt, len(item_images)) for prompt, item_images in zip(prompts, images)]
         flat = [image for item_images in images for image in item_images]
-        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
-        if flat:
-            kwargs["images"] = flat
-            kwargs.update(self.processor_kwargs)
-        encoded = self.processor(**kwargs)
+        deferred = self.pixel_normalization is not None
+        encoded = self.encode(texts, flat, as_bytes=deferred)
         tensors = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
-        return ModelInputs(tensors, len(texts))
+        return ModelInputs(tensors, len(texts), pixel_normalization=self.pixel_normalization if flat else None,
+                           pad_values=_token_pad_values(tensors, self.tokenizer.pad_token_id))
 
     @torch.inference_mode()
     def generate(self, batch: ModelInputs, settings: GenerationSettings) -> list[str]:
-        inputs = batch.to(_first_device(self.model), self.dtype)
+        inputs = batch.to(_first_device(self.model), self.dtype)   # normalises uint8 pixels there
         self._seed(settings)
-        output = self.model.generate(**inputs, **settings.generate_kwargs(),
-                                     pad_token_id=self.tokenizer.pad_token_id)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        return _strip(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return _strip(self.tokenizer.batch_decode(self._new_tokens(inputs, settings), skip_special_tokens=True))
 
     def _image_tokens(self, width: int, height: int) -> int:
         processor = self.processor
@@ -282,7 +422,34 @@ class NativeImageTextAdapter(Adapter):
         image_processor = getattr(self.processor, "image_processor", None)
         return {**super().describe(), "processor": type(self.processor).__name__,
                 "image_processor": type(image_processor).__name__ if image_processor is not None else None,
-                "processor_kwargs": dict(self.processor_kwargs)}
+                "processor_kwargs": dict(self.processor_kwargs),
+                "pixel_transfer": _pixel_transfer(self.pixel_normalization), "decode": self._decode_description()}
+
+
+def _per_channel(value: Any) -> tuple[float, ...]:
+    """An image processor's mean or std (one number or one per channel) as a tuple of floats."""
+    if isinstance(value, (int, float)):
+        return (float(value),)
+    return tuple(float(v) for v in value)
+
+
+def _probe_images(size: Any) -> list[Image.Image]:
+    """Two deterministic RGB images with every byte value: one tile at the processor's size and one
+    twice as wide (several tiles when the processor crops to patches)."""
+    height = int(_get(size, "height") or _get(size, "shortest_edge") or 448)
+    width = int(_get(size, "width") or height)
+    images = []
+    for image_width in (width, 2 * width):
+        rows = torch.arange(height).view(-1, 1, 1)
+        columns = torch.arange(image_width).view(1, -1, 1)
+        channels = torch.tensor([0, 85, 170]).view(1, 1, 3)
+        data = ((rows * 7 + columns * 13 + channels + rows * columns) % 256).to(torch.uint8)
+        images.append(Image.frombytes("RGB", (image_width, height), data.numpy().tobytes()))
+    return images
+
+
+def _pixel_transfer(normalization: PixelNormalization | None) -> str:
+    return "uint8, normalised on device" if normalization is not None else "float32"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,17 +515,22 @@ class InternVLChatAdapter(Adapter):
         return query
 
     def tiles(self, image: Image.Image) -> torch.Tensor:
-        """Pixel values of one image's tiles, shape (tiles, 3, image_size, image_size)."""
-        from launcher.tiling import pixel_values, tile_image
+        """Pixel values of one image's tiles, shape (tiles, 3, image_size, image_size): float32, normalised
+        (what InternVL's `chat` takes; `tiling.pixel_values`)."""
+        return IMAGENET_NORMALIZATION.apply(self.tile_bytes(image))
 
-        return pixel_values(tile_image(image, self.max_num, self.image_size, self.use_thumbnail, self.dynamic),
-                            self.image_size)
+    def tile_bytes(self, image: Image.Image) -> torch.Tensor:
+        """One image's tiles as uint8 (tiles, 3, image_size, image_size): what collate ships."""
+        from launcher.tiling import tile_bytes, tile_image
+
+        return tile_bytes(tile_image(image, self.max_num, self.image_size, self.use_thumbnail, self.dynamic),
+                          self.image_size)
 
     def collate(self, items: Sequence[Item], prompts: Sequence[str],
                 images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
         queries, pixel_parts, num_patches_per_item = [], [], []
         for prompt, item_images in zip(prompts, images):
-            item_pixels = [self.tiles(image) for image in item_images]
+            item_pixels = [self.tile_bytes(image) for image in item_images]
             num_patches = [int(p.shape[0]) for p in item_pixels]
             queries.append(self.query(prompt, num_patches))
             pixel_parts.extend(item_pixels)
@@ -368,14 +540,15 @@ class InternVLChatAdapter(Adapter):
         tensors = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         if pixel_parts:
             tensors["pixel_values"] = torch.cat(pixel_parts)
-        return ModelInputs(tensors, len(queries), {"num_patches": num_patches_per_item})
+        return ModelInputs(tensors, len(queries), {"num_patches": num_patches_per_item},
+                           pixel_normalization=IMAGENET_NORMALIZATION if pixel_parts else None,
+                           pad_values=_token_pad_values(tensors, self.tokenizer.pad_token_id))
 
     @torch.inference_mode()
     def generate(self, batch: ModelInputs, settings: GenerationSettings) -> list[str]:
-        inputs = batch.to(_first_device(self.model.language_model), self.dtype)
-        if "pixel_values" in inputs:
-            vision_device = next(self.model.vision_model.parameters()).device
-            inputs["pixel_values"] = inputs["pixel_values"].to(vision_device)
+        # Pixels go straight to the vision tower's device and are normalised there.
+        inputs = batch.to(_first_device(self.model.language_model), self.dtype,
+                          pixel_device=next(self.model.vision_model.parameters()).device)
         self._seed(settings)
         output = self.model.generate(pixel_values=inputs.get("pixel_values"), input_ids=inputs["input_ids"],
                                      attention_mask=inputs["attention_mask"], eos_token_id=self.eos_token_id,
@@ -399,6 +572,7 @@ class InternVLChatAdapter(Adapter):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "processor": "launcher.tiling (InternVL dynamic_preprocess)",
                 "image_processor": "launcher.tiling (PIL bicubic, ImageNet mean/std)",
+                "pixel_transfer": _pixel_transfer(IMAGENET_NORMALIZATION),
                 "image_size": self.image_size, "use_thumbnail": self.use_thumbnail,
                 "dynamic": self.dynamic, "max_num": self.max_num, "template": self.template_name}
 
@@ -440,16 +614,14 @@ class CausalLMAdapter(Adapter):
                 raise DataError(f"item {item.id!r} has {len(item_images)} image(s), but "
                                 f"{type(self.model).__name__} is a text-only model")
         encoded = self.tokenizer([self.text(p) for p in prompts], return_tensors="pt", padding=True)
-        return ModelInputs({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]},
-                           len(prompts))
+        tensors = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        return ModelInputs(tensors, len(prompts), pad_values=_token_pad_values(tensors, self.tokenizer.pad_token_id))
 
     @torch.inference_mode()
     def generate(self, batch: ModelInputs, settings: GenerationSettings) -> list[str]:
         inputs = batch.to(_first_device(self.model))
         self._seed(settings)
-        output = self.model.generate(**inputs, **settings.generate_kwargs(),
-                                     pad_token_id=self.tokenizer.pad_token_id)
-        return _strip(self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        return _strip(self.tokenizer.batch_decode(self._new_tokens(inputs, settings), skip_special_tokens=True))
 
     def estimate_cost(self, item: Item, prompt: str, image_sizes: Sequence[tuple[int, int]]) -> float:
         return float(self._prompt_tokens(prompt))

@@ -61,6 +61,7 @@ class RunConfig:
     num_workers: int = 2
     schedule: str = "dynamic"
     static_cache: bool = False
+    decode: str = "auto"
     gpus_per_model: int = 1
     auto: bool = False
     device_map_method: str = "planner"
@@ -97,7 +98,7 @@ class RunConfig:
         return GenerationSettings(
             max_new_tokens=self.max_new_tokens or task_max_new_tokens,
             num_beams=self.num_beams, temperature=self.temperature, seed=self.seed,
-            static_cache=self.static_cache)
+            static_cache=self.static_cache, decode=self.decode)
 
     def to_json(self) -> dict:
         return {key: (str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value)
@@ -156,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     generation.add_argument("--static-cache", action="store_true",
                             help="static KV cache (compiled decode): about 30 s of compilation per process, "
                                  "then faster; worth it from a few thousand items per process")
+    generation.add_argument("--decode", choices=["auto", "generate"], default="auto",
+                            help="auto: greedy decoding by our loop (launcher.fast_decode: the decode step "
+                                 "replayed from a CUDA graph on GPUs) where the model allows it, else "
+                                 "transformers' generate; generate: always transformers' generate")
 
     run = parser.add_argument_group("run")
     run.add_argument("--out-dir", type=Path, help="default: results/<checkpoint name>")

@@ -25,8 +25,8 @@ from launcher.images import image_size
 from launcher.journal import Journal, journal_path, next_attempt, read_journal, read_journals
 from launcher.outputs import (atomic_write_json, atomic_write_jsonl, atomic_write_text, check_fingerprint, checkpoint_identity,
                               git_revision, versions)
-from launcher.runner import StopFlag, StoreAddress, install_signal_handlers, run_batches
-from launcher.scheduler import balanced_cost_cap, contiguous_shard, cost_batches, static_batches
+from launcher.runner import StopFlag, install_signal_handlers, run_batches
+from launcher.scheduler import contiguous_shard, plan_batches
 from launcher.topology import Topology, connect, detect, disconnect
 
 PREEMPT_GRACE_SECONDS = 10.0
@@ -146,15 +146,12 @@ class Evaluation:
         self.log(f"{task.name}: {len(items)} items, {len(items) - len(pending)} already done, attempt {attempt}, "
                  f"schedule {config.schedule}, batch size {config.batch_size}")
         dynamic = config.schedule == "dynamic" and topology.world_size > 1
-        if dynamic:
-            costs = self._costs(adapter, items, prompts, pending)
-            batches = cost_batches(pending, costs, config.batch_size,
-                                   balanced_cost_cap(costs.values(), config.batch_size))
-        else:  # only this rank's shard needs reading (image headers): static batches are rank-local
-            shard = [pending[i] for i in contiguous_shard(len(pending), topology.rank, topology.world_size)]
-            costs = self._costs(adapter, items, prompts, shard)
-            batches = static_batches(pending, costs, config.batch_size, topology.rank, topology.world_size,
-                                     balanced_cost_cap(costs.values(), config.batch_size))
+        # Every process (one model replica each, however many GPUs it drives) claims from the queue.
+        # Static batches are rank-local: only this rank's shard needs reading (image headers).
+        wanted = pending if dynamic else [pending[i] for i in contiguous_shard(len(pending), topology.rank,
+                                                                                topology.world_size)]
+        costs = self._costs(adapter, items, prompts, wanted)
+        batches = plan_batches(pending, costs, config.batch_size, topology.rank, topology.world_size, dynamic)
         progress = _Progress(self, task.name, total=len(items), initial=len(items) - len(pending))
         journal = Journal(journal_path(task_dir, topology.rank, attempt))
         try:
@@ -162,7 +159,7 @@ class Evaluation:
                 task=task, items=items, prompts=prompts, batches=batches, adapter=adapter, settings=settings,
                 journal=journal, on_bad_item=config.on_bad_item, num_workers=config.num_workers,
                 pin_memory=bool(topology.gpus), queue_key=f"queue/{task.name}/{attempt}" if dynamic else None,
-                store=store, store_address=self._store_address() if dynamic else None, stop=self.stop,
+                store=store, stop=self.stop,
                 on_batch_done=progress.advance, set_phase=self.coordinator.set_phase)
         finally:
             journal.close()
@@ -224,10 +221,6 @@ class Evaluation:
             sizes = [image_size(source) for source in items[index].images]
             costs[index] = float(adapter.estimate_cost(items[index], prompts[index], [s for s in sizes if s]))
         return costs
-
-    def _store_address(self) -> StoreAddress:
-        return StoreAddress(self.topology.master_addr, self.topology.master_port,
-                            f"launcher/restart{self.topology.restart_count}")
 
     # ----- endings
     def _finish(self) -> None:

@@ -12,7 +12,8 @@ InternVL (``internvl/train/dataset.py``: ``dynamic_preprocess``, ``find_closest_
 3. The image is resized (bicubic) to ``cols * image_size`` by ``rows * image_size`` and cut row by row,
    left to right. When that gives more than one tile and the model uses a thumbnail (every InternVL
    since 1.5), the whole image resized to one tile is appended.
-4. Each tile becomes a float32 tensor: values / 255, then ImageNet mean/std. 256 image tokens per
+4. Each tile becomes a float32 tensor: values / 255, then ImageNet mean/std (``pixel_values``; the
+   adapter ships ``tile_bytes`` and does this step on the model's device). 256 image tokens per
    448-pixel tile ((448 / 14)**2 patches, pixel-shuffled by 0.5 in each direction).
    Without ``--dynamic`` the image is simply resized to one tile.
 
@@ -47,8 +48,12 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from launcher.pixel_normalization import PixelNormalization
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# InternVL's build_transform: ToTensor (bytes / 255), then Normalize(IMAGENET_MEAN, IMAGENET_STD).
+IMAGENET_NORMALIZATION = PixelNormalization(1 / 255, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _check_tiling_arguments(min_num: int, max_num: int, image_size: int) -> None:
@@ -104,12 +109,11 @@ def tile_image(image: Image.Image, max_num: int = 6, image_size: int = 448, use_
     return tiles
 
 
-def pixel_values(tiles: Sequence[Image.Image], image_size: int = 448) -> torch.Tensor:
-    """Tiles as a float32 tensor [n, 3, image_size, image_size], scaled to [0, 1] and ImageNet-normalised."""
+def tile_bytes(tiles: Sequence[Image.Image], image_size: int = 448) -> torch.Tensor:
+    """Tiles as a uint8 tensor [n, 3, image_size, image_size]: what collate ships to the model's device,
+    where `IMAGENET_NORMALIZATION` turns it into `pixel_values` (module `launcher.pixel_normalization`)."""
     if not tiles:
         raise ValueError("no tiles to convert")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
     tensors = []
     for tile in tiles:
         if tile.mode != "RGB":
@@ -118,9 +122,13 @@ def pixel_values(tiles: Sequence[Image.Image], image_size: int = 448) -> torch.T
             tile = tile.resize((image_size, image_size), Image.Resampling.BICUBIC)
         # bytearray: torch.frombuffer needs a writable buffer; no numpy needed.
         raw = torch.frombuffer(bytearray(tile.tobytes()), dtype=torch.uint8)
-        chw = raw.view(image_size, image_size, 3).permute(2, 0, 1).to(torch.float32) / 255.0
-        tensors.append((chw - mean) / std)
+        tensors.append(raw.view(image_size, image_size, 3).permute(2, 0, 1))
     return torch.stack(tensors)
+
+
+def pixel_values(tiles: Sequence[Image.Image], image_size: int = 448) -> torch.Tensor:
+    """Tiles as a float32 tensor [n, 3, image_size, image_size], scaled to [0, 1] and ImageNet-normalised."""
+    return IMAGENET_NORMALIZATION.apply(tile_bytes(tiles, image_size))
 
 
 def image_tokens_per_tile(image_size: int = 448, patch_size: int = 14, downsample_ratio: float = 0.5) -> int:

@@ -53,11 +53,13 @@ def test_one_rank_batch_one_scores_far_above_chance_on_every_type(one_rank_batch
             assert value >= 60.0, (name, scored["metrics"])
 
 
-@pytest.mark.parametrize("nproc,batch_size,schedule", [(1, 8, "dynamic"), (2, 1, "static"),
-                                                        (2, 8, "dynamic"), (2, 8, "static")])
-def test_predictions_do_not_depend_on_ranks_batch_size_or_schedule(nproc, batch_size, schedule, data_root,
-                                                                   one_rank_batch_one, tmp_path):
-    run_args = args(data_root, tmp_path, "--batch-size", str(batch_size), "--schedule", schedule)
+# Workers 2 and 3 prepare each batch of 8 in chunks (4+4, 3+3+2) that the runner joins.
+@pytest.mark.parametrize("nproc,batch_size,schedule,workers", [(1, 8, "dynamic", 3), (2, 1, "static", 1),
+                                                                (2, 8, "dynamic", 2), (2, 8, "static", 1)])
+def test_predictions_do_not_depend_on_ranks_batch_size_schedule_or_workers(nproc, batch_size, schedule, workers,
+                                                                           data_root, one_rank_batch_one, tmp_path):
+    run_args = args(data_root, tmp_path, "--batch-size", str(batch_size), "--schedule", schedule,
+                    "--num-workers", str(workers))
     result = launch(run_args) if nproc == 1 else torchrun(nproc, run_args)
     assert result.returncode == 0, explain(result)
     assert predictions(tmp_path, TASK) == predictions(one_rank_batch_one, TASK)

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from launcher.tiling import (IMAGENET_MEAN, IMAGENET_STD, candidate_grids, choose_grid,
-                             image_tokens_per_tile, native_processor_kwargs, pixel_values, tile_image)
+                             image_tokens_per_tile, native_processor_kwargs, pixel_values, tile_bytes,
+                             tile_image)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,6 +100,16 @@ def test_pixel_values_shape_dtype_and_imagenet_normalisation() -> None:
     for channel, byte in enumerate((255, 0, 128)):
         expected = (byte / 255 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
         assert torch.allclose(values[:, channel], torch.tensor(expected), atol=1e-5)
+
+
+def test_pixel_values_are_tile_bytes_normalised_exactly_as_before() -> None:
+    """pixel_values = IMAGENET_NORMALIZATION(tile_bytes): bit for bit the float formula it replaced."""
+    tiles = tile_image(noise_image(700, 300, seed=2))
+    pixel_bytes = tile_bytes(tiles)
+    assert pixel_bytes.dtype == torch.uint8 and pixel_bytes.shape == (3, 3, 448, 448)   # 2x1 + thumbnail
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.equal(pixel_values(tiles), (pixel_bytes.float() / 255.0 - mean) / std)
 
 
 def test_pixel_values_resizes_tiles_of_another_size() -> None:

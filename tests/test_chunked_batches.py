@@ -1,0 +1,213 @@
+"""Batches prepared in chunks by several DataLoader workers and joined: the same inputs, the same answers.
+
+The runner cuts each batch into one chunk per worker (so a batch is ready after B / workers items of CPU
+work) and joins the chunks with `ModelInputs.join`. These tests hold the join to one collate of the whole
+batch, for each adapter, and check what the runner does with real worker processes and a real store.
+"""
+from __future__ import annotations
+
+import socket
+import tempfile
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from eval_scripts.base import Item
+from launcher.adapters import ModelInputs
+from launcher.generation import GenerationSettings
+from launcher.journal import Journal, read_journal
+from launcher.loading import load_adapter
+from launcher.runner import Chunk, PreparedBatch, StopFlag, _ChunkKeys, chunk_size, join_chunks, run_batches
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def make_args(checkpoint, **overrides) -> types.SimpleNamespace:
+    values = {"checkpoint": str(checkpoint), "auto": False, "load_in_8bit": False, "load_in_4bit": False}
+    return types.SimpleNamespace(**{**values, **overrides})
+
+
+def noise_image(width: int, height: int, seed: int) -> Image.Image:
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+    return Image.frombytes("RGB", (width, height), data.numpy().tobytes())
+
+
+# Prompts of very different lengths and images of different tile counts, so chunks pad differently.
+PROMPTS = ["what is it ?", "describe the picture in many words , please , with every colour and shape you see .",
+           "count .", "where is the square and where is the circle ?", "is it red ?"]
+IMAGES = [[noise_image(200, 90, 1)], [noise_image(60, 140, 2)], [noise_image(40, 40, 3)],
+          [noise_image(300, 100, 4)], [noise_image(90, 90, 5)]]
+
+
+def collate(adapter, positions) -> ModelInputs:
+    items = [Item(id=str(i), question=PROMPTS[i]) for i in positions]
+    return adapter.collate(items, [PROMPTS[i] for i in positions], [IMAGES[i] for i in positions])
+
+
+def assert_same_inputs(joined: ModelInputs, whole: ModelInputs) -> None:
+    assert joined.size == whole.size
+    assert joined.tensors.keys() == whole.tensors.keys()
+    for name, tensor in whole.tensors.items():
+        assert joined.tensors[name].dtype == tensor.dtype, name
+        assert torch.equal(joined.tensors[name], tensor), name
+    assert joined.extra == whole.extra
+    assert joined.pixel_normalization == whole.pixel_normalization
+    assert joined.pad_values == whole.pad_values
+
+
+@pytest.fixture(scope="module")
+def native_adapter(native_checkpoint):
+    return load_adapter(make_args(native_checkpoint, dynamic=True, max_num=4))
+
+
+@pytest.fixture(scope="module")
+def remote_adapter(remote_checkpoint):
+    return load_adapter(make_args(remote_checkpoint, trust_remote_code=True, dynamic=True, max_num=4))
+
+
+@pytest.mark.parametrize("split", [[1, 4], [2, 2, 1], [1, 1, 1, 1, 1]])
+@pytest.mark.parametrize("family", ["native", "remote"])
+def test_joined_chunks_equal_one_collate_of_the_whole_batch(family, split, native_adapter, remote_adapter):
+    adapter = native_adapter if family == "native" else remote_adapter
+    whole = collate(adapter, range(5))
+    assert set(whole.pad_values) >= {"input_ids", "attention_mask"}
+    parts, start = [], 0
+    for size in split:
+        parts.append(collate(adapter, range(start, start + size)))
+        start += size
+    assert len({part.tensors["input_ids"].shape[1] for part in parts}) > 1     # the parts really pad differently
+    assert_same_inputs(ModelInputs.join(parts), whole)
+
+
+def test_a_text_only_model_joins_its_chunks_too(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from launcher.tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    adapter = load_adapter(make_args(tmp_path))
+    items = [Item(id=str(i), question=prompt) for i, prompt in enumerate(PROMPTS)]
+    whole = adapter.collate(items, PROMPTS, [[] for _ in PROMPTS])
+    parts = [adapter.collate(items[:2], PROMPTS[:2], [[], []]), adapter.collate(items[2:], PROMPTS[2:], [[]] * 3)]
+    assert_same_inputs(ModelInputs.join(parts), whole)
+
+
+def test_chunks_with_and_without_images_are_collated_again_as_one(native_adapter):
+    items = [Item(id="0", question=PROMPTS[0]), Item(id="1", question=PROMPTS[1])]
+    whole = native_adapter.collate(items, PROMPTS[:2], [IMAGES[0], []])
+    first = PreparedBatch(0, [0], native_adapter.collate(items[:1], PROMPTS[:1], [IMAGES[0]]))
+    second = PreparedBatch(0, [1], native_adapter.collate(items[1:], PROMPTS[1:2], [[]]))
+    with pytest.raises(ValueError):
+        ModelInputs.join([first.inputs, second.inputs])
+    asked = []
+
+    def prepare_whole(number, indices):
+        asked.append(indices)
+        return PreparedBatch(number, indices, native_adapter.collate(items, PROMPTS[:2], [IMAGES[0], []]))
+
+    joined = join_chunks([first, second], pin_memory=False, prepare=prepare_whole)
+    assert asked == [[0, 1]] and joined.indices == [0, 1]
+    assert_same_inputs(joined.inputs, whole)
+
+
+def test_chunk_size_spreads_a_batch_over_the_workers():
+    assert chunk_size(256, 8) == 32
+    assert chunk_size(8, 3) == 3
+    assert chunk_size(5, 8) == 1
+    assert chunk_size(64, 1) == 64
+
+
+def test_chunk_keys_cover_every_batch_in_order_and_mark_the_last_part():
+    batches = [[5, 6, 7, 8, 9], [1, 2], [3]]
+    keys = list(_ChunkKeys(batches, 2, None))
+    assert [(k.number, k.part, k.parts, k.indices) for k in keys] == [
+        (0, 0, 3, (5, 6)), (0, 1, 3, (7, 8)), (0, 2, 3, (9,)), (1, 0, 1, (1, 2)), (2, 0, 1, (3,))]
+    assert isinstance(keys[0], Chunk)
+
+
+# ------------------------------------------------------------------------------------------------
+# The runner with real DataLoader worker processes and a real store
+
+
+class _Task:
+    name = "chunks"
+
+    def prediction_row(self, item, prediction):
+        return {"id": item.id, "prediction": prediction}
+
+
+class _Watching:
+    """The adapter, recording for each generate call its batch size and how many batches were claimed."""
+
+    def __init__(self, adapter, store, key):
+        self.adapter, self.store, self.key = adapter, store, key
+        self.claimed_at_generate: list[int] = []
+
+    def collate(self, *args):
+        return self.adapter.collate(*args)
+
+    def generate(self, batch, settings):
+        if self.store is not None:
+            self.claimed_at_generate.append(int(self.store.add(self.key, 0)))
+        return self.adapter.generate(batch, settings)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(adapter, items, prompts, batches, workers, store=None, key=None):
+    with tempfile.TemporaryDirectory() as scratch:
+        journal = Journal(Path(scratch) / "journal.jsonl")
+        result = run_batches(task=_Task(), items=items, prompts=prompts, batches=batches, adapter=adapter,
+                             settings=GenerationSettings(max_new_tokens=3), journal=journal, on_bad_item="error",
+                             num_workers=workers, pin_memory=False, queue_key=key, store=store, stop=StopFlag(),
+                             on_batch_done=lambda *_: None, set_phase=lambda *_: None)
+        journal.close()
+        return result, {row["id"]: row["prediction"] for row in read_journal(journal.path)}
+
+
+def _items(tmp_path, count):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    items = []
+    for index in range(count):
+        path = folder / f"{index}.png"
+        IMAGES[index % len(IMAGES)][0].save(path)
+        items.append(Item(id=f"i{index}", question=PROMPTS[index % len(PROMPTS)], images=(str(path),)))
+    return items, [item.question for item in items]
+
+
+def test_workers_preparing_chunks_give_the_predictions_of_one_process(native_adapter, tmp_path):
+    items, prompts = _items(tmp_path, 14)
+    batches = [list(range(0, 6)), list(range(6, 12)), [12, 13]]
+    alone_result, alone = _run(native_adapter, items, prompts, batches, workers=0)
+    chunked_result, chunked = _run(native_adapter, items, prompts, batches, workers=3)
+    assert chunked == alone and len(chunked) == 14
+    assert chunked_result.batches == alone_result.batches == 3
+
+
+def test_a_process_claims_about_one_batch_ahead_of_the_one_it_generates(native_adapter, tmp_path):
+    import torch.distributed as dist
+
+    items, prompts = _items(tmp_path, 24)
+    batches = [list(range(4 * b, 4 * b + 4)) for b in range(6)]
+    store = dist.TCPStore("127.0.0.1", _free_port(), world_size=1, is_master=True, wait_for_workers=False)
+    watching = _Watching(native_adapter, store, "queue")
+    result, predictions = _run(watching, items, prompts, batches, workers=4, store=store, key="queue")
+    assert len(predictions) == 24 and result.batches == 6
+    # 4 workers, one chunk (item) each: the 4 chunks in flight are one batch, so when batch k (0-based)
+    # starts generating at most batch k + 1 has been claimed (with one batch per worker it was k + 4).
+    assert watching.claimed_at_generate[0] <= 2, watching.claimed_at_generate
+    for done, claimed in enumerate(watching.claimed_at_generate):
+        assert claimed <= done + 2 + (1 if done == len(batches) - 1 else 0), watching.claimed_at_generate
