@@ -62,7 +62,7 @@ if [ "$DEVICE" = cuda ]; then
   TP_WORKER_SIZES="--items 768 --skewed-items 768 --batch-sizes 64 --num-workers 2"
   TP_SINGLE_SIZES="--loop-items 32 --batch-sizes 128,256"
   TP_OURS_SIZES="--items 2048 --batch-sizes 256,128"; TP_OURS4_SIZES="--items 2048 --batch-sizes 256"
-  TP_FINAL_SIZES="--items 2048 --loop-items 32 --batch-sizes 256,128 --plain-batch-sizes 128,256"
+  TP_FINAL_SIZES="--items 2048 --loop-items 32 --batch-sizes 256 --plain-batch-sizes 256"
   SCALE_SIZES="--shape 8b --items 2048 --skewed-items 1024 --batch-sizes 64"
   GPUS4=0,1,2,3; GPUS2=0,1; NPROC4=4
 else

@@ -46,7 +46,7 @@ import torch
 
 from bench.report import print_table, write_report
 from bench.data import BenchTask, SyntheticSet, make_set
-from launcher.adapters import NativeImageTextAdapter, _first_device
+from launcher.adapters import NativeImageTextAdapter, _first_device, avoid_per_shape_attention_plans
 from launcher.generation import GenerationSettings
 
 
@@ -270,6 +270,11 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
     sections = args.sections
     reference: dict[str, str] = {}
     if "loop" in sections:
+        if device.type == "cuda":   # as InternVL's users run it: default attention backends
+            torch.backends.cuda.enable_cudnn_sdp(True)
+            default = internvl_loop(adapter, items, prompts, everything[:args.loop_items], baseline_settings)
+            report["rows"].append(_row("internvl_loop, default attention backends", 1, default))
+            avoid_per_shape_attention_plans()
         baseline = internvl_loop(adapter, items, prompts, everything[:args.loop_items], baseline_settings)
         report["rows"].append(_row("internvl_loop", 1, baseline))
         reference = baseline["predictions"]
@@ -282,12 +287,16 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
                                    max(1, args.num_workers))
             on_device = [inputs.to(device, dtype) for inputs in made]
             del made
-            timed_generate(adapter, on_device[:1], settings)
-            for repeat in range(args.repeats):
-                plain = timed_generate(adapter, on_device, settings)
-                report["rows"].append({"mode": "plain generate, pre-made inputs on the GPU", "batch_size": batch_size,
-                                       "repeat": repeat, **plain})
+            # As its users run it (PyTorch's default attention backends, cuDNN's included), then as we do.
+            for label, cudnn in (("", True), (", cuDNN SDPA off", False)):
+                torch.backends.cuda.enable_cudnn_sdp(cudnn)
+                timed_generate(adapter, on_device[:1], settings)
+                for repeat in range(args.repeats):
+                    plain = timed_generate(adapter, on_device, settings)
+                    report["rows"].append({"mode": f"plain generate, pre-made inputs on the GPU{label}",
+                                           "batch_size": batch_size, "repeat": repeat, **plain})
             del on_device
+        avoid_per_shape_attention_plans()
 
     if "hf" in sections:
         hf = hf_batched(adapter, items, prompts, everything, baseline_settings, args.hf_batch_size)
