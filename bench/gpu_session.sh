@@ -14,6 +14,7 @@
 #   scale4_8b    torchrun on 4 GPUs, 8B: rank 0 alone (one GPU), static and dynamic over 4; realistic
 #                (2048 items) and skewed (1024) sets, batch 64: scaling and slowest/fastest ratios
 #   scale2_8b    the same on GPUs 0,1, realistic set only (the 2-GPU point of the scaling curve)
+#   scale4_8b_long  scale4_8b with 6144 realistic items (fixed per-process costs weigh 3x less)
 #   gpu_tests    the GPU-only tests (CUDA-graph replay vs generate; uint8 pixels on the device)
 #   tp_single    1 GPU, 2B shape: InternVL-style batch-1 loop vs HF batched vs ours (+ no-workers ablation)
 #   tp_workers   torchrun on 2 GPUs: one-GPU reference, static vs dynamic schedule, realistic + skewed sets
@@ -64,11 +65,12 @@ if [ "$DEVICE" = cuda ]; then
   TP_OURS_SIZES="--items 2048 --batch-sizes 256,128"; TP_OURS4_SIZES="--items 2048 --batch-sizes 256"
   TP_FINAL_SIZES="--items 2048 --loop-items 32 --batch-sizes 256 --plain-batch-sizes 256"
   SCALE_SIZES="--shape 8b --items 2048 --skewed-items 1024 --batch-sizes 64"
+  SCALE_LONG_SIZES="--shape 8b --items 6144 --skewed-items 1024 --batch-sizes 64"
   GPUS4=0,1,2,3; GPUS2=0,1; NPROC4=4
 else
   GPU0="env"; GPU1="env"; TP_WORKER_SIZES=""; TP_SINGLE_SIZES=""; TP_OURS_SIZES=""; TP_OURS4_SIZES=""
   TP_FINAL_SIZES="--items 24 --loop-items 4 --batch-sizes 8,4 --plain-batch-sizes 4,8"
-  SCALE_SIZES="--items 24 --skewed-items 24 --batch-sizes 4"
+  SCALE_SIZES="--items 24 --skewed-items 24 --batch-sizes 4"; SCALE_LONG_SIZES="--items 48 --skewed-items 24 --batch-sizes 4"
   GPUS4=; GPUS2=; NPROC4=2
 fi
 RUN="$PYTHON -m"
@@ -95,6 +97,9 @@ RUN="$PYTHON -m"
   step scale2_8b 120 env CUDA_VISIBLE_DEVICES=$GPUS2 $RUN torch.distributed.run --nproc_per_node 2 \
        --master_port 29535 -m bench.throughput --device $DEVICE --worker $SCALE_SIZES --num-workers 8 \
        --sets realistic --skip-one-gpu --out "$OUT/scaling_2gpu_8b.json"
+  step scale4_8b_long 330 env CUDA_VISIBLE_DEVICES=$GPUS4 $RUN torch.distributed.run --nproc_per_node $NPROC4 \
+       --master_port 29536 -m bench.throughput --device $DEVICE --worker $SCALE_LONG_SIZES --num-workers 8 \
+       --out "$OUT/scaling_4gpu_8b_long.json"
   step gpu_tests 90 $PYTHON -m pytest -q -x -p no:cacheprovider tests/test_fast_decode.py tests/test_pixel_transfer.py
   step tp_single 150 $GPU0 $RUN bench.throughput --device $DEVICE $TP_SINGLE_SIZES --out "$OUT/throughput_1gpu.json"
   step tp_workers 140 $RUN torch.distributed.run --nproc_per_node 2 --master_port 29533 -m bench.throughput \

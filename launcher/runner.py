@@ -83,20 +83,23 @@ class Chunk:
 
 
 class _ChunkKeys:
-    """The DataLoader's sampler: chunk keys of this process's batches, claimed lazily, in order."""
+    """The DataLoader's sampler: chunk keys of this process's batches, claimed lazily, in order.
+    Every batch is cut into `workers` chunks (fewer when it has fewer items), whatever its size: a
+    batch of a few heavy items (13 tiles each) is spread over the workers as a full batch is."""
 
-    def __init__(self, batches: list[list[int]], chunk_size: int, queue: WorkQueue | None) -> None:
+    def __init__(self, batches: list[list[int]], workers: int, queue: WorkQueue | None) -> None:
         self.batches = batches
-        self.chunk_size = chunk_size
+        self.workers = workers
         self.queue = queue
 
     def __iter__(self):
         numbers = iter(self.queue) if self.queue is not None else iter(range(len(self.batches)))
         for number in numbers:
             batch = self.batches[number]
-            starts = range(0, len(batch), self.chunk_size)
+            size = chunk_size(len(batch), self.workers)
+            starts = range(0, len(batch), size)
             for part, start in enumerate(starts):
-                yield Chunk(number, part, len(starts), tuple(batch[start:start + self.chunk_size]))
+                yield Chunk(number, part, len(starts), tuple(batch[start:start + size]))
 
 
 class _Chunks(Dataset):
@@ -122,7 +125,7 @@ def join_chunks(parts: Sequence[PreparedBatch], pin_memory: bool, prepare: Prepr
 
 
 def chunk_size(batch_size: int, num_workers: int) -> int:
-    """Items per chunk: a full batch spread over the workers (one chunk per worker)."""
+    """Items per chunk: a batch spread over the workers (one chunk per worker)."""
     return max(1, -(-batch_size // max(1, num_workers)))
 
 
@@ -171,9 +174,8 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
     prepare = Preprocessor(items, prompts, adapter, on_bad_item)
     workers = num_workers if batches else 0
     queue = WorkQueue(store, queue_key, len(batches)) if queue_key is not None else None
-    # Without workers a batch is prepared in one piece: chunks would only add joins.
-    size = chunk_size(max(map(len, batches), default=1), workers) if workers else max(map(len, batches), default=1)
-    loader = DataLoader(_Chunks(prepare), sampler=_ChunkKeys(batches, size, queue), batch_size=None,
+    # Without workers a batch is prepared in one piece (one "worker"): chunks would only add joins.
+    loader = DataLoader(_Chunks(prepare), sampler=_ChunkKeys(batches, max(1, workers), queue), batch_size=None,
                         num_workers=workers, pin_memory=False, prefetch_factor=1 if workers else None,
                         persistent_workers=False, worker_init_fn=_ignore_stop_signals if workers else None)
     started = time.perf_counter()

@@ -125,12 +125,15 @@ def test_chunk_size_spreads_a_batch_over_the_workers():
     assert chunk_size(64, 1) == 64
 
 
-def test_chunk_keys_cover_every_batch_in_order_and_mark_the_last_part():
-    batches = [[5, 6, 7, 8, 9], [1, 2], [3]]
+def test_chunk_keys_cut_every_batch_over_the_workers_in_order_and_mark_the_last_part():
+    batches = [[5, 6, 7, 8, 9], [1, 2], [3], [10, 11, 12, 13, 14, 15, 16]]
     keys = list(_ChunkKeys(batches, 2, None))
     assert [(k.number, k.part, k.parts, k.indices) for k in keys] == [
-        (0, 0, 3, (5, 6)), (0, 1, 3, (7, 8)), (0, 2, 3, (9,)), (1, 0, 1, (1, 2)), (2, 0, 1, (3,))]
+        (0, 0, 2, (5, 6, 7)), (0, 1, 2, (8, 9)), (1, 0, 2, (1,)), (1, 1, 2, (2,)), (2, 0, 1, (3,)),
+        (3, 0, 2, (10, 11, 12, 13)), (3, 1, 2, (14, 15, 16))]
     assert isinstance(keys[0], Chunk)
+    # A small batch of heavy items is spread as a full one is: 3 workers, 3 chunks of one item.
+    assert [k.indices for k in _ChunkKeys([[7, 8, 9], list(range(12))], 3, None)][:3] == [(7,), (8,), (9,)]
 
 
 # ------------------------------------------------------------------------------------------------
