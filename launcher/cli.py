@@ -58,7 +58,7 @@ class RunConfig:
     few_shot: int = 0
     dynamic: bool = False
     max_num: int = 6
-    num_workers: int = 2
+    num_workers: int | None = None      # None: `runner.default_num_workers` (--num-workers auto)
     schedule: str = "dynamic"
     static_cache: bool = False
     decode: str = "auto"
@@ -112,6 +112,15 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see launch.py --help)")
 
 
+def _num_workers(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="launch.py", allow_abbrev=False, description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     generation.add_argument("--few-shot", type=int, default=0)
     generation.add_argument("--dynamic", action="store_true", help="InternVL's dynamic tiling")
     generation.add_argument("--max-num", type=int, default=6, help="most tiles per image with --dynamic")
-    generation.add_argument("--num-workers", type=int, default=2, help="preprocessing worker processes")
+    generation.add_argument("--num-workers", type=_num_workers, default=None, metavar="N|auto",
+                            help="preprocessing worker processes per rank (default auto: the CPUs the rank may "
+                                 "use, shared among the node's ranks, less one, at most 8)")
     generation.add_argument("--schedule", choices=["static", "dynamic"], default="dynamic")
     generation.add_argument("--static-cache", action="store_true",
                             help="static KV cache (compiled decode): about 30 s of compilation per process, "
@@ -201,7 +212,7 @@ def _validate(config: RunConfig) -> None:
         raise UserError("--load-in-8bit and --load-in-4bit exclude each other: pick one")
     if config.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {config.batch_size}")
-    if config.num_workers < 0:
+    if config.num_workers is not None and config.num_workers < 0:
         raise UserError(f"--num-workers must be 0 or more, got {config.num_workers}")
     if config.max_num < 1:
         raise UserError(f"--max-num must be at least 1, got {config.max_num}")

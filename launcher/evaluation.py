@@ -25,7 +25,7 @@ from launcher.images import image_size
 from launcher.journal import Journal, journal_path, next_attempt, read_journal, read_journals
 from launcher.outputs import (atomic_write_json, atomic_write_jsonl, atomic_write_text, check_fingerprint, checkpoint_identity,
                               git_revision, versions)
-from launcher.runner import StopFlag, install_signal_handlers, run_batches
+from launcher.runner import StopFlag, default_num_workers, install_signal_handlers, run_batches
 from launcher.scheduler import contiguous_shard, plan_batches
 from launcher.topology import Topology, connect, detect, disconnect
 
@@ -143,8 +143,10 @@ class Evaluation:
         attempt, finished_ids = plan["attempt"], set(plan["finished"])
         prompts = [task.prompt(item) for item in items]
         pending = [index for index, item in enumerate(items) if item.id not in finished_ids]
+        workers = (config.num_workers if config.num_workers is not None
+                   else default_num_workers(topology.local_world_size))
         self.log(f"{task.name}: {len(items)} items, {len(items) - len(pending)} already done, attempt {attempt}, "
-                 f"schedule {config.schedule}, batch size {config.batch_size}")
+                 f"schedule {config.schedule}, batch size {config.batch_size}, {workers} preprocessing worker(s)")
         dynamic = config.schedule == "dynamic" and topology.world_size > 1
         # Every process (one model replica each, however many GPUs it drives) claims from the queue.
         # Static batches are rank-local: only this rank's shard needs reading (image headers).
@@ -157,7 +159,7 @@ class Evaluation:
         try:
             result = run_batches(
                 task=task, items=items, prompts=prompts, batches=batches, adapter=adapter, settings=settings,
-                journal=journal, on_bad_item=config.on_bad_item, num_workers=config.num_workers,
+                journal=journal, on_bad_item=config.on_bad_item, num_workers=workers,
                 pin_memory=bool(topology.gpus), queue_key=f"queue/{task.name}/{attempt}" if dynamic else None,
                 store=store, stop=self.stop,
                 on_batch_done=progress.advance, set_phase=self.coordinator.set_phase)

@@ -214,3 +214,27 @@ def test_a_process_claims_about_one_batch_ahead_of_the_one_it_generates(native_a
     assert watching.claimed_at_generate[0] <= 2, watching.claimed_at_generate
     for done, claimed in enumerate(watching.claimed_at_generate):
         assert claimed <= done + 2 + (1 if done == len(batches) - 1 else 0), watching.claimed_at_generate
+
+
+def test_auto_workers_share_the_cpus_among_the_node_processes_leaving_one_each():
+    from launcher.runner import MAX_AUTO_WORKERS, default_num_workers
+
+    assert default_num_workers(1, cpus=16) == MAX_AUTO_WORKERS == 8      # one GPU, 16 cores
+    assert default_num_workers(8, cpus=128) == 8                          # 8 ranks, 128 cores: 15 each, capped
+    assert default_num_workers(4, cpus=24) == 5
+    assert default_num_workers(2, cpus=2) == 1                            # CI: never zero
+    assert default_num_workers(1, cpus=1) == 1
+
+
+def test_num_workers_takes_a_number_or_auto_and_refuses_the_rest():
+    from launcher.cli import parse_args
+    from launcher.errors import UserError
+
+    common = ["--checkpoint", "x", "--task", "vqa"]
+    assert parse_args(common).num_workers is None
+    assert parse_args(common + ["--num-workers", "auto"]).num_workers is None
+    assert parse_args(common + ["--num-workers", "3"]).num_workers == 3
+    with pytest.raises(UserError, match="expected a number or 'auto', got 'many'"):
+        parse_args(common + ["--num-workers", "many"])
+    with pytest.raises(UserError, match="--num-workers must be 0 or more"):
+        parse_args(common + ["--num-workers", "-1"])
