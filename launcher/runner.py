@@ -44,7 +44,6 @@ class PreparedBatch:
     skipped: dict[int, str] = field(default_factory=dict)    # item index -> reason
 
 
-
 class Preprocessor:
     """Turns item indices into a PreparedBatch: opens images, applies the bad-item policy, collates."""
 

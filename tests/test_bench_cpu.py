@@ -37,16 +37,21 @@ def test_throughput_single_process_reports_every_mode(tmp_path):
 
     out = tmp_path / "single.json"
     assert throughput.main(TINY + ["--items", "8", "--loop-items", "3", "--batch-sizes", "4", "--hf-batch-size", "4",
-                                   "--repeats", "1", "--sections", "loop,hf,ours", "--out", str(out)]) == 0
+                                   "--plain-batch-sizes", "4", "--repeats", "1", "--sections", "loop,plain,hf,ours",
+                                   "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["kind"] == "throughput_single" and report["shape"] == "tiny"
-    assert [row["mode"] for row in report["rows"]] == ["internvl_loop", "hf_batched", "ours"]
+    assert [row["mode"] for row in report["rows"]] == [
+        "internvl_loop", "plain generate, pre-made inputs on the GPU",
+        "plain generate, pre-made inputs on the GPU, cuDNN SDPA off", "hf_batched", "ours"]
     for row in report["rows"]:
         _sane_rate(row)
-    assert report["rows"][0]["items"] == 3 and report["rows"][2]["items"] == 8
-    # Greedy ids of the batched runs against the batch-1 loop, on the tiny model's sharp logits: equal.
-    assert report["rows"][2]["agreement_vs_batch1"]["items"] == 3
-    assert report["rows"][2]["agreement_vs_batch1"]["exact_sequence"] == 1.0
+    assert report["rows"][0]["items"] == 3 and report["rows"][1]["items"] == 8 and report["rows"][4]["items"] == 8
+    # Greedy ids of ours (our decoding loop) against the batch-1 loop (transformers' generate), on the tiny
+    # model's sharp logits: equal.
+    assert report["rows"][4]["agreement_vs_batch1"]["items"] == 3
+    assert report["rows"][4]["agreement_vs_batch1"]["exact_sequence"] == 1.0
+    assert report["rows"][4]["waiting_for_data_s"] >= 0 and report["rows"][4]["first_batch_ready_s"] > 0
     assert report["model"]["attn_implementation"] == {"text": "sdpa", "vision": "sdpa"}
 
 
@@ -113,3 +118,22 @@ def test_split_mode_replicas_meet_at_the_barrier_and_combine(tmp_path):
     assert [r["replica"] for r in report["replicas"]] == [0, 1]
     assert report["rows"][0]["items"] == 4
     _sane_rate(report["rows"][0])
+
+
+def test_profile_generate_splits_plain_generate_into_phases(tmp_path):
+    from bench import profile_generate
+
+    out = tmp_path / "profile.json"
+    assert profile_generate.main(["--device", "cpu", "--items", "8", "--batch-sizes", "4", "--max-new-tokens", "3",
+                                  "--num-workers", "0", "--collate-items", "4", "--sections", "kernels",
+                                  "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    plain, phased = report["rows"]
+    _sane_rate(plain)
+    assert phased["batches"] == 2 and phased["items"] == 8
+    ms = phased["ms"]
+    assert ms["vision"] > 0 and ms["prefill_language"] > 0 and ms["decode"] > 0
+    assert ms["vision"] + ms["prefill_language"] + ms["decode"] <= ms["wall"] * 1.01
+    assert phased["decode_ms_per_step"] > 0 and phased["tflop_per_item"] > 0
+    assert report["floor_items_per_s_at_peak"] > 0 and report["collate_ms_per_item_one_thread"] > 0
+    assert Path(report["kernel_profile"]["table_file"]).is_file()
