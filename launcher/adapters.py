@@ -232,6 +232,11 @@ class Adapter:
                 print(f"[launcher] fast greedy decoding failed, using transformers' generate: {error}",
                       file=sys.stderr, flush=True)
                 self._decoder = False
+            except torch.cuda.OutOfMemoryError:
+                # The kept shapes' caches may be what no longer fits: free them before the runner
+                # retries the batch in halves.
+                self._decoder.release()
+                raise
         output = self.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=self.tokenizer.pad_token_id)
         return output[:, inputs["input_ids"].shape[1]:]
 

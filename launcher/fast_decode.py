@@ -326,6 +326,10 @@ class GreedyDecoder:
         """The (batch size, cache length) shapes kept now, least recently used first."""
         return list(self._shapes)
 
+    def release(self) -> None:
+        """Drop every kept shape (caches, buffers, graphs): the memory goes back to the allocator."""
+        self._shapes.clear()
+
     @property
     def stats(self) -> dict[str, Any]:
         """Per kept shape ("<batch>x<cache length>"): its capture time in seconds (None without a graph)."""

@@ -380,3 +380,33 @@ def test_the_native_adapter_decodes_with_our_loop_and_answers_as_generate(native
     sampled = GenerationSettings(max_new_tokens=6, temperature=1.0)
     assert not sampled.fast_greedy and not GenerationSettings(num_beams=2).fast_greedy
     assert not GenerationSettings(static_cache=True).fast_greedy
+
+
+def test_out_of_memory_in_our_loop_frees_the_kept_shapes_before_the_runner_splits_the_batch(native_checkpoint):
+    import types
+
+    from PIL import Image
+
+    from eval_scripts.base import Item
+    from launcher.generation import GenerationSettings
+    from launcher.loading import load_adapter
+
+    adapter = load_adapter(types.SimpleNamespace(checkpoint=str(native_checkpoint), auto=False, load_in_8bit=False,
+                                                 load_in_4bit=False))
+    items = [Item(id=str(i), question=f"what is {i} ?") for i in range(2)]
+    batch = adapter.collate(items, [item.question for item in items], [[Image.new("RGB", (40, 40))]] * 2)
+    settings = GenerationSettings(max_new_tokens=3)
+    expected = adapter.generate(batch, settings)
+    decoder = adapter._decoder
+    assert decoder.shapes
+
+    def out_of_memory(*_args, **_kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    real_prefill, decoder._prefill = decoder._prefill, out_of_memory
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        adapter.generate(batch, settings)
+    assert decoder.shapes == [] and adapter._decoder is decoder      # freed, and still our loop
+    decoder._prefill = real_prefill
+    assert adapter.generate(batch, settings) == expected
+
