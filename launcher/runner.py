@@ -173,6 +173,7 @@ class LoopResult:
     skipped: int = 0
     oom_splits: int = 0
     seconds: float = 0.0
+    join_seconds: float = 0.0                                       # joining chunks into pinned batches
     started_at: float = 0.0                                         # perf_counter() when the loop began
     batch_spans: list[tuple[float, float]] = field(default_factory=list)  # perf_counter() per batch: generate..journaled
 
@@ -202,7 +203,9 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
         parts.append(part)
         if chunk.part + 1 < chunk.parts:
             continue
+        joining = time.perf_counter()
         prepared, parts = join_chunks(parts, pin_memory, prepare), []
+        result.join_seconds += time.perf_counter() - joining
         if stop.is_set():
             raise PreemptedError(f"stopped by {stop.signal_name}")
         ids = [items[i].id for i in prepared.indices]
