@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
                "--master_port", str(_free_port()), str(ROOT / "launch.py"),
                "--checkpoint", str(CHECKPOINT), "--task", TASK, "--data-root", str(DATA_ROOT),
-               "--out-dir", str(OUT_DIR), "--batch-size", str(args.batch_size), "--num-workers", "1"]
+               "--out-dir", str(OUT_DIR), "--batch-size", str(args.batch_size), "--num-workers", "1",
+               # A demo left by another version or other settings is replaced, not an error; the same one resumes.
+               "--overwrite"]
     print("running: " + " ".join(command), flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     completed = subprocess.run(command, cwd=ROOT, env=env)
