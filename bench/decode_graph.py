@@ -124,7 +124,7 @@ def agreement(reference: list[list[int]], other: list[list[int]], eos_token_id: 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.models import build_random_internvl
     from launcher.fast_decode import GreedyDecoder, unsupported_reason
-    from launcher.scheduler import cost_batches
+    from launcher.scheduler import plan_batches
 
     device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "unsupported_reason": unsupported_reason(model), "modes": modes, "rows": []}
 
     for batch_size in args.batch_sizes:
-        batches = cost_batches(everything, costs, batch_size)
+        batches = plan_batches(everything, costs, batch_size, 0, 1, False)   # as a one-process run plans them
         made = premade_batches(adapter, items, prompts, batches, args.num_workers)
         on_device = [dict(inputs.to(device, dtype)) for inputs in made]
         del made

@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.models import build_random_internvl
     from launcher.generation import GenerationSettings
     from launcher.runner import Preprocessor
-    from launcher.scheduler import cost_batches
+    from launcher.scheduler import plan_batches
 
     device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -269,7 +269,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     largest = max(args.batch_sizes)
     largest_on_device = None
     for batch_size in args.batch_sizes:
-        batches = cost_batches(everything, costs, batch_size)
+        batches = plan_batches(everything, costs, batch_size, 0, 1, False)   # as a one-process run plans them
         made = premade_batches(adapter, items, prompts, batches, args.num_workers)
         on_device = [inputs.to(device, dtype) for inputs in made]
         del made

@@ -133,13 +133,13 @@ class _Workload:
 def measure(model, processor, args: argparse.Namespace, num_items: int, indices: Sequence[int] | None = None,
             warm: bool = True) -> dict[str, Any]:
     """Warm up, then run `run_batches` over the realistic set (or `indices` of it); items/s and predictions."""
-    from launcher.scheduler import cost_batches
+    from launcher.scheduler import plan_batches
 
     work = _Workload(model, processor, args, num_items)
     adapter = make_adapter(model, processor, work.synthetic, _dtype(args))
     indices = list(range(len(work.items))) if indices is None else list(indices)
     costs = item_costs(adapter, work.items, work.prompts)
-    batches = cost_batches(indices, costs, args.batch_size)
+    batches = plan_batches(indices, costs, args.batch_size, 0, 1, False)   # as a one-process run plans them
     if warm:
         ours(adapter, work.items, work.prompts, batches[:1], work.settings, args.num_workers)
     run = ours(adapter, work.items, work.prompts, batches, work.settings, args.num_workers)

@@ -130,7 +130,7 @@ def test_profile_generate_splits_plain_generate_into_phases(tmp_path):
     report = json.loads(out.read_text())
     plain, phased = report["rows"]
     _sane_rate(plain)
-    assert phased["batches"] == 2 and phased["items"] == 8
+    assert phased["batches"] == plain["batches"] >= 2 and phased["items"] == plain["items"] == 8
     ms = phased["ms"]
     assert ms["vision"] > 0 and ms["prefill_language"] > 0 and ms["decode"] > 0
     assert ms["vision"] + ms["prefill_language"] + ms["decode"] <= ms["wall"] * 1.01
