@@ -34,10 +34,9 @@ from typing import Any, Sequence
 
 import torch
 
-from bench.data import BenchTask, make_set
 from bench.profile_generate import PhaseTimer, premade_batches
-from bench.report import print_table, write_report
-from bench.throughput import device_description, item_costs, make_adapter
+from bench.report import fill_defaults, print_table, write_report
+from bench.throughput import device_description, make_workload, one_device
 
 MODES = ("hf", "graph", "eager")
 
@@ -126,16 +125,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from launcher.fast_decode import GreedyDecoder, unsupported_reason
     from launcher.scheduler import plan_batches
 
-    device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device, dtype = one_device(args.device)
     model, processor = build_random_internvl(args.shape, device, dtype)
-    tile = int(model.config.vision_config.image_size[0])
-    synthetic = make_set("realistic", args.items, tile)
-    items = synthetic.items
-    prompts = [BenchTask().prompt(item) for item in items]
-    adapter = make_adapter(model, processor, synthetic, dtype)
+    synthetic, items, prompts, adapter, costs = make_workload(model, processor, dtype, args.items)
     eos_token_id, pad_token_id = adapter.tokenizer.eos_token_id, adapter.tokenizer.pad_token_id
-    costs = item_costs(adapter, items, prompts)
     everything = list(range(len(items)))
     modes = [mode for mode in args.modes if mode != "graph" or device.type == "cuda"]
     report: dict[str, Any] = {"kind": "decode_graph", "shape": args.shape, "model": model.bench_info,
@@ -209,9 +202,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = {"shape": "tiny" if cpu else "2b", "items": 24 if cpu else 1024,
                 "batch_sizes": [4, 8] if cpu else [128, 256], "max_new_tokens": 4 if cpu else 16,
                 "num_workers": 1 if cpu else 8}
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, defaults)
     args.modes = [mode for mode in args.modes.split(",") if mode]
     unknown = sorted(set(args.modes) - set(MODES))
     if unknown:

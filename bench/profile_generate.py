@@ -28,9 +28,8 @@ from typing import Any, Sequence
 
 import torch
 
-from bench.data import BenchTask, make_set
-from bench.report import print_table, write_report
-from bench.throughput import device_description, item_costs, make_adapter
+from bench.report import fill_defaults, print_table, write_report
+from bench.throughput import device_description, make_adapter, make_workload, one_device
 
 
 class PhaseTimer:
@@ -235,16 +234,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from launcher.runner import Preprocessor
     from launcher.scheduler import plan_batches
 
-    device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device, dtype = one_device(args.device)
     model, processor = build_random_internvl(args.shape, device, dtype)
-    tile = int(model.config.vision_config.image_size[0])
-    synthetic = make_set("realistic", args.items, tile)
-    items = synthetic.items
-    prompts = [BenchTask().prompt(item) for item in items]
-    adapter = make_adapter(model, processor, synthetic, dtype)
+    synthetic, items, prompts, adapter, costs = make_workload(model, processor, dtype, args.items)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    costs = item_costs(adapter, items, prompts)
     everything = list(range(len(items)))
     counts = flop_model(model)
     report: dict[str, Any] = {"kind": "profile_generate", "shape": args.shape, "model": model.bench_info,
@@ -331,9 +324,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = {"shape": "tiny" if cpu else "2b", "items": 24 if cpu else 1024,
                 "batch_sizes": [4, 8] if cpu else [64, 128, 256], "max_new_tokens": 4 if cpu else 16,
                 "num_workers": 1 if cpu else 8}
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, defaults)
     args.sections = [v for v in args.sections.split(",") if v]
     return args
 

@@ -39,9 +39,8 @@ from typing import Any, Sequence
 
 import torch
 
-from bench.data import BenchTask, make_set
-from bench.report import print_table, write_report
-from bench.throughput import agreement, device_description, item_costs, make_adapter, ours
+from bench.report import fill_defaults, print_table, write_report
+from bench.throughput import agreement, device_description, make_workload, ours
 from launcher.generation import GenerationSettings
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "8bit": torch.bfloat16, "4bit": torch.bfloat16}
@@ -119,30 +118,18 @@ def _layers_per_device(device_map: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
-class _Workload:
-    """The realistic set with its prompts, costs and batches for one model."""
-
-    def __init__(self, model, processor, args: argparse.Namespace, num_items: int) -> None:
-        tile = int(model.config.vision_config.image_size[0])
-        self.synthetic = make_set("realistic", num_items, tile, seed=args.seed)
-        self.items = self.synthetic.items
-        self.prompts = [BenchTask().prompt(item) for item in self.items]
-        self.settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
-
-
 def measure(model, processor, args: argparse.Namespace, num_items: int, indices: Sequence[int] | None = None,
             warm: bool = True) -> dict[str, Any]:
     """Warm up, then run `run_batches` over the realistic set (or `indices` of it); items/s and predictions."""
     from launcher.scheduler import plan_batches
 
-    work = _Workload(model, processor, args, num_items)
-    adapter = make_adapter(model, processor, work.synthetic, _dtype(args))
-    indices = list(range(len(work.items))) if indices is None else list(indices)
-    costs = item_costs(adapter, work.items, work.prompts)
+    _, items, prompts, adapter, costs = make_workload(model, processor, _dtype(args), num_items, seed=args.seed)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    indices = list(range(len(items))) if indices is None else list(indices)
     batches = plan_batches(indices, costs, args.batch_size, 0, 1, False)   # as a one-process run plans them
     if warm:
-        ours(adapter, work.items, work.prompts, batches[:1], work.settings, args.num_workers)
-    run = ours(adapter, work.items, work.prompts, batches, work.settings, args.num_workers)
+        ours(adapter, items, prompts, batches[:1], settings, args.num_workers)
+    run = ours(adapter, items, prompts, batches, settings, args.num_workers)
     return {"items": run["items"], "seconds": round(run["seconds"], 3),
             "items_per_s": round(run["items"] / run["seconds"], 2), "predictions": run["predictions"]}
 
@@ -331,12 +318,10 @@ def run_big(args: argparse.Namespace) -> dict[str, Any]:
     args_one = SimpleNamespace(**{**vars(args), "batch_size": 1})
     single = measure(model, processor, args_one, min(args.items, args.big_batch1_items), warm=False)
     # Finite logits on the first step of a real batch (a NaN would make greedy ids look plausible).
-    work = _Workload(model, processor, args, 2)
-    adapter = make_adapter(model, processor, work.synthetic, dtype)
+    _, items, prompts, adapter, _ = make_workload(model, processor, dtype, 2, seed=args.seed)
     from launcher.images import open_image
 
-    batch = adapter.collate(work.items, work.prompts,
-                            [[open_image(s, item.id) for s in item.images] for item in work.items])
+    batch = adapter.collate(items, prompts, [[open_image(s, item.id) for s in item.images] for item in items])
     with torch.inference_mode():
         first = next(iter(model.parameters())).device
         logits = model(**batch.to(first, dtype)).logits[:, -1]
@@ -380,9 +365,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 "precisions": ["bf16", "8bit", "4bit"], "items": 12 if cpu else (32 if args.mode == "big" else 256),
                 "quant_items": 8 if cpu else 64, "batch_size": 4 if cpu else (8 if args.mode == "big" else 32),
                 "max_new_tokens": 4 if cpu else 16, "num_workers": 1 if cpu else 2}
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, defaults)
     return args
 
 

@@ -40,11 +40,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
-from bench.report import print_table, write_report
+from bench.report import fill_defaults, print_table, write_report
 from bench.data import BenchTask, SyntheticSet, make_set
 from launcher.adapters import NativeImageTextAdapter, _first_device, avoid_per_shape_attention_plans
 from launcher.generation import GenerationSettings
@@ -86,6 +86,30 @@ def item_costs(adapter, items, prompts) -> list[float]:
 
     return [float(adapter.estimate_cost(item, prompt, [s for s in map(image_size, item.images) if s]))
             for item, prompt in zip(items, prompts)]
+
+
+class Workload(NamedTuple):
+    """A synthetic set on one model, as every bench runs it: items, prompts, our adapter, item costs."""
+
+    synthetic: SyntheticSet
+    items: list[Any]
+    prompts: list[str]
+    adapter: RecordingAdapter
+    costs: list[float]
+
+
+def make_workload(model, processor, dtype: torch.dtype, num_items: int, set_name: str = "realistic",
+                  seed: int = 0) -> Workload:
+    """`set_name` (bench/data.py) at the model's tile size, with BenchTask prompts and `estimate_cost` costs."""
+    synthetic = make_set(set_name, num_items, int(model.config.vision_config.image_size[0]), seed)
+    prompts = [BenchTask().prompt(item) for item in synthetic.items]
+    adapter = make_adapter(model, processor, synthetic, dtype)
+    return Workload(synthetic, synthetic.items, prompts, adapter, item_costs(adapter, synthetic.items, prompts))
+
+
+def one_device(name: str) -> tuple[torch.device, torch.dtype]:
+    """Where a single-process bench runs (`cuda`: GPU 0, bf16; `cpu`: float32)."""
+    return (torch.device("cuda:0"), torch.bfloat16) if name == "cuda" else (torch.device("cpu"), torch.float32)
 
 
 def _sync() -> None:
@@ -241,19 +265,13 @@ def run_single(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.monotonic()
     deadline = started + args.budget_s
-    device = torch.device(args.device if args.device == "cpu" else "cuda:0")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device, dtype = one_device(args.device)
     model, processor = build_random_internvl(args.shape, device, dtype)
     print(f"[throughput] built {args.shape}: {model.bench_info}", flush=True)
-    tile = int(model.config.vision_config.image_size[0])
-    synthetic = make_set("realistic", args.items, tile)
-    items = synthetic.items
-    prompts = [BenchTask().prompt(item) for item in items]
-    adapter = make_adapter(model, processor, synthetic, dtype)
+    synthetic, items, prompts, adapter, costs = make_workload(model, processor, dtype, args.items)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, decode=args.decode)
     # The baselines decode as their tools do: transformers' generate.
     baseline_settings = GenerationSettings(max_new_tokens=args.max_new_tokens, decode="generate")
-    costs = item_costs(adapter, items, prompts)
     everything = list(range(len(items)))
     report: dict[str, Any] = {"kind": "throughput_single", "shape": args.shape, "model": model.bench_info,
                               "environment": device_description(device), "set": synthetic.describe(),
@@ -359,7 +377,6 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any] | None:
     device = torch.device("cuda", topology.gpus[0]) if topology.gpus else torch.device("cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, processor = build_random_internvl(args.shape, device, dtype)
-    tile = int(model.config.vision_config.image_size[0])
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, decode=args.decode)
     report: dict[str, Any] = {"kind": "throughput_multi", "shape": args.shape, "world_size": world,
                               "model": model.bench_info, "environment": device_description(device),
@@ -374,11 +391,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any] | None:
     for set_name, num_items in (("realistic", args.items), ("skewed", args.skewed_items)):
         if set_name not in args.sets:
             continue
-        synthetic = make_set(set_name, num_items, tile)
-        items = synthetic.items
-        prompts = [BenchTask().prompt(item) for item in items]
-        adapter = make_adapter(model, processor, synthetic, dtype)
-        costs = item_costs(adapter, items, prompts)
+        synthetic, items, prompts, adapter, costs = make_workload(model, processor, dtype, num_items, set_name)
         everything = list(range(len(items)))
         # Warm-up on every rank (shapes of this set: the most expensive items first).
         warm = plan_batches(everything, costs, batch_size, 0, 1, False)[:1]
@@ -479,9 +492,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 "hf_batch_size": 8 if cpu else 128, "plain_batch_sizes": [8] if cpu else [128, 256],
                 "max_new_tokens": 4 if cpu else 16,
                 "num_workers": 1 if cpu else 4}
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, defaults)
     args.sections = [v for v in args.sections.split(",") if v]
     return args
 
