@@ -1,7 +1,6 @@
 """Adapters: the text they generate equals what the model's own API generates, batched or not."""
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,11 @@ from launcher.adapters import (
     CausalLMAdapter, InternVLChatAdapter, ModelInputs, NativeImageTextAdapter, internvl_question)
 from launcher.generation import GenerationSettings
 from launcher.loading import load_adapter
+from tests.inputs import make_args
 
 pytestmark = pytest.mark.timeout(240)
 
 GREEDY = GenerationSettings(max_new_tokens=6)
-
-
-def make_args(checkpoint, **overrides) -> types.SimpleNamespace:
-    values = {"checkpoint": str(checkpoint), "auto": False, "load_in_8bit": False, "load_in_4bit": False}
-    return types.SimpleNamespace(**{**values, **overrides})
 
 
 def picture(width: int, height: int, colour: tuple[int, int, int], shape: str = "circle") -> Image.Image:

@@ -6,14 +6,11 @@ batch, for each adapter, and check what the runner does with real worker process
 """
 from __future__ import annotations
 
-import socket
 import tempfile
-import types
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from eval_scripts.base import Item
 from launcher.adapters import ModelInputs
@@ -21,19 +18,10 @@ from launcher.generation import GenerationSettings
 from launcher.journal import Journal, read_journal
 from launcher.loading import load_adapter
 from launcher.runner import Chunk, PreparedBatch, StopFlag, _ChunkKeys, chunk_size, join_chunks, run_batches
+from tests.inputs import make_args, noise_image
+from tests.runs import free_port
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def make_args(checkpoint, **overrides) -> types.SimpleNamespace:
-    values = {"checkpoint": str(checkpoint), "auto": False, "load_in_8bit": False, "load_in_4bit": False}
-    return types.SimpleNamespace(**{**values, **overrides})
-
-
-def noise_image(width: int, height: int, seed: int) -> Image.Image:
-    generator = torch.Generator().manual_seed(seed)
-    data = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
-    return Image.frombytes("RGB", (width, height), data.numpy().tobytes())
 
 
 # Prompts of very different lengths and images of different tile counts, so chunks pad differently.
@@ -163,12 +151,6 @@ class _Watching:
         return self.adapter.generate(batch, settings)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run(adapter, items, prompts, batches, workers, store=None, key=None):
     with tempfile.TemporaryDirectory() as scratch:
         journal = Journal(Path(scratch) / "journal.jsonl")
@@ -205,7 +187,7 @@ def test_a_process_claims_about_one_batch_ahead_of_the_one_it_generates(native_a
 
     items, prompts = _items(tmp_path, 24)
     batches = [list(range(4 * b, 4 * b + 4)) for b in range(6)]
-    store = dist.TCPStore("127.0.0.1", _free_port(), world_size=1, is_master=True, wait_for_workers=False)
+    store = dist.TCPStore("127.0.0.1", free_port(), world_size=1, is_master=True, wait_for_workers=False)
     watching = _Watching(native_adapter, store, "queue")
     result, predictions = _run(watching, items, prompts, batches, workers=4, store=store, key="queue")
     assert len(predictions) == 24 and result.batches == 6

@@ -356,17 +356,14 @@ def _to_cuda(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_the_native_adapter_decodes_with_our_loop_and_answers_as_generate(native_checkpoint):
     """`--decode auto` (the default) runs greedy batches through one GreedyDecoder; `--decode generate`
     through transformers: the same texts. Sampling always goes to generate."""
-    import types
-
     from PIL import Image
 
     from eval_scripts.base import Item
     from launcher.generation import GenerationSettings
     from launcher.loading import load_adapter
+    from tests.inputs import make_args
 
-    args = types.SimpleNamespace(checkpoint=str(native_checkpoint), auto=False, load_in_8bit=False,
-                                 load_in_4bit=False)
-    adapter = load_adapter(args)
+    adapter = load_adapter(make_args(native_checkpoint))
     assert "launcher.fast_decode" in adapter.describe()["decode"]
     questions = ["what is it ?", "describe every colour you can see in the picture , please .", "count ."]
     items = [Item(id=str(i), question=q) for i, q in enumerate(questions)]
@@ -383,16 +380,14 @@ def test_the_native_adapter_decodes_with_our_loop_and_answers_as_generate(native
 
 
 def test_out_of_memory_in_our_loop_frees_the_kept_shapes_before_the_runner_splits_the_batch(native_checkpoint):
-    import types
-
     from PIL import Image
 
     from eval_scripts.base import Item
     from launcher.generation import GenerationSettings
     from launcher.loading import load_adapter
+    from tests.inputs import make_args
 
-    adapter = load_adapter(types.SimpleNamespace(checkpoint=str(native_checkpoint), auto=False, load_in_8bit=False,
-                                                 load_in_4bit=False))
+    adapter = load_adapter(make_args(native_checkpoint))
     items = [Item(id=str(i), question=f"what is {i} ?") for i in range(2)]
     batch = adapter.collate(items, [item.question for item in items], [[Image.new("RGB", (40, 40))]] * 2)
     settings = GenerationSettings(max_new_tokens=3)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import types
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,9 @@ import torch
 from launcher.errors import UserError
 from launcher.loading import (
     ensure_generate, inspect_checkpoint, load_model, load_model_and_tokenizer, plan_multi_gpu_map)
+from tests.inputs import make_args
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def make_args(checkpoint, **overrides) -> types.SimpleNamespace:
-    """InternVL's namespace: the four attributes it always has, plus ours as given."""
-    values = {"checkpoint": str(checkpoint), "auto": False, "load_in_8bit": False, "load_in_4bit": False}
-    return types.SimpleNamespace(**{**values, **overrides})
 
 
 def linear_classes(model) -> set[str]:

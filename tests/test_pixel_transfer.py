@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import copy
 import pickle
-import types
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from eval_scripts.base import Item
 from launcher.adapters import InternVLChatAdapter, ModelInputs, NativeImageTextAdapter, load_processor
@@ -21,23 +19,13 @@ from launcher.generation import GenerationSettings
 from launcher.loading import load_adapter
 from launcher.pixel_normalization import PixelNormalization
 from launcher.tiling import IMAGENET_NORMALIZATION, native_processor_kwargs, pixel_values, tile_image
+from tests.inputs import make_args, noise_image
 
 pytestmark = pytest.mark.timeout(240)
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "demo" / "checkpoint"
 CPU = torch.device("cpu")
 DEFERRED = "uint8, normalised on device"
-
-
-def make_args(checkpoint, **overrides) -> types.SimpleNamespace:
-    values = {"checkpoint": str(checkpoint), "auto": False, "load_in_8bit": False, "load_in_4bit": False}
-    return types.SimpleNamespace(**{**values, **overrides})
-
-
-def noise_image(width: int, height: int, seed: int) -> Image.Image:
-    generator = torch.Generator().manual_seed(seed)
-    data = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
-    return Image.frombytes("RGB", (width, height), data.numpy().tobytes())
 
 
 # Two items, three images: a wide one (several tiles with --dynamic), a tall one, a small square.

@@ -8,14 +8,9 @@ from PIL import Image
 from launcher.tiling import (IMAGENET_MEAN, IMAGENET_STD, candidate_grids, choose_grid,
                              image_tokens_per_tile, native_processor_kwargs, pixel_values, tile_bytes,
                              tile_image)
+from tests.inputs import noise_image
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    generator = torch.Generator().manual_seed(seed)
-    data = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
-    return Image.frombytes("RGB", (width, height), bytes(data.flatten().tolist()))
 
 
 # Each case worked out from the rule: closest aspect ratio among grids of <= max_num tiles; on a tie,
