@@ -103,8 +103,9 @@ from eval_scripts.base import DataError, ImageBytes, Item, Score, Task, TaskInpu
 from eval_scripts.metrics import (CIRCULAR_INDEX_STRIDE, OPTION_LETTERS, all_correct_by_group, circular_group,
                                   extract_option_letter, rotate_options)
 from eval_scripts.registry import register
-from eval_scripts.task_files import (FixedMetric, is_skipped, missing_data_error, read_jsonl_records,
-                                     refuse_metric_override, resolve_image_path)
+from eval_scripts.task_files import (FixedMetric, is_skipped, missing_data_error, non_empty_text,
+                                     read_jsonl_records, refuse_metric_override, require_fields,
+                                     resolve_image_path)
 
 LETTER_INSTRUCTION_EN = "Answer with the option's letter from the given choices directly."
 LETTER_INSTRUCTION_CN = "请直接回答选项字母。"
@@ -457,17 +458,12 @@ class ScienceQATask(MultipleChoiceTask):
         entries = []
         for position, (line_number, record) in enumerate(read_jsonl_records(path)):
             where = f"{path}:{line_number}"
-            missing = [key for key in ("image", "question", "choices") if key not in record]
-            if missing:
-                raise DataError(f"{where}: missing field(s) {', '.join(missing)}; each line needs image, "
-                                f"question, choices and answer")
+            require_fields(record, ("image", "question", "choices"), where, "image, question, choices and answer")
             choices = record["choices"]
             if not isinstance(choices, list) or len(choices) < 2 or len(choices) > len(OPTION_LETTERS):
                 raise DataError(f"{where}: 'choices' must be a list of at least two options")
             options = {OPTION_LETTERS[i]: str(choice) for i, choice in enumerate(choices)}
-            question = record["question"]
-            if not isinstance(question, str) or not question.strip():
-                raise DataError(f"{where}: empty question")
+            question = non_empty_text(record, "question", where)
             image = resolve_image_path(record["image"], inputs, where)
             category = record.get("subject", record.get("category"))
             fields = {"question": question, "hint": _text_or_none(record.get("hint")), "options": options,
@@ -511,13 +507,8 @@ class SEEDImageTask(MultipleChoiceTask):
         entries = []
         for line_number, record in read_jsonl_records(path):
             where = f"{path}:{line_number}"
-            missing = [key for key in ("question_id", "image", "text") if key not in record]
-            if missing:
-                raise DataError(f"{where}: missing field(s) {', '.join(missing)}; each line needs "
-                                f"question_id, image, text and answer")
-            text = record["text"]
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(f"{where}: empty text")
+            require_fields(record, ("question_id", "image", "text"), where, "question_id, image, text and answer")
+            text = non_empty_text(record, "text", where)
             options = options_in_text(text)
             if len(options) < 2:
                 raise DataError(f"{where}: found fewer than two option lines ('A. ...') in 'text'")
@@ -578,17 +569,13 @@ class MultiImageChoiceTask(MultipleChoiceTask):
         entries = []
         for position, (line_number, record) in enumerate(read_jsonl_records(path)):
             where = f"{path}:{line_number}"
-            missing = [key for key in ("images", "question", "options") if key not in record]
-            if missing:
-                raise DataError(f"{where}: missing field(s) {', '.join(missing)}; each line needs images (a "
-                                f"list), question, options and answer")
+            require_fields(record, ("images", "question", "options"), where,
+                           "images (a list), question, options and answer")
             paths = record["images"]
             if not isinstance(paths, list) or not paths:
                 raise DataError(f"{where}: 'images' must be a non-empty list of paths")
             images = tuple(resolve_image_path(entry, inputs, where) for entry in paths)
-            question = record["question"]
-            if not isinstance(question, str) or not question.strip():
-                raise DataError(f"{where}: empty question")
+            question = non_empty_text(record, "question", where)
             options = self._options(record["options"], where)
             for number in range(1, len(images) + 1):
                 question = question.replace("<image>", f"Image-{number}", 1)

@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 from eval_scripts.base import DataError, Item, Score, Task, TaskInputs
 from eval_scripts.metrics import binary_classification_stats, pope_answer
 from eval_scripts.task_files import (FixedMetric, is_skipped, missing_data_error, read_jsonl_records,
-                                          refuse_metric_override, resolve_image_path)
+                                          refuse_metric_override, require_fields, resolve_image_path)
 from eval_scripts.registry import register
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
@@ -78,10 +78,8 @@ class POPETask(Task):
         first_line: dict[str, int] = {}
         for line_number, record in lines:
             where = f"{path}:{line_number}"
-            missing = [key for key in ("question_id", "image", "text", "category") if key not in record]
-            if missing:
-                raise DataError(f"{where}: missing field(s) {', '.join(missing)}; each line needs question_id, "
-                                f"image, text and category")
+            require_fields(record, ("question_id", "image", "text", "category"), where,
+                           "question_id, image, text and category")
             question_id = record["question_id"]
             if isinstance(question_id, bool) or not isinstance(question_id, (int, str)) or question_id == "":
                 raise DataError(f"{where}: 'question_id' must be a non-empty string or an integer")

@@ -55,6 +55,21 @@ def read_jsonl_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return records
 
 
+def require_fields(record: Mapping[str, Any], keys: tuple[str, ...], where: str, needs: str) -> None:
+    """DataError naming the line when `record` lacks any of `keys`; `needs` says what each line must hold."""
+    missing = [key for key in keys if key not in record]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(missing)}; each line needs {needs}")
+
+
+def non_empty_text(record: Mapping[str, Any], key: str, where: str) -> str:
+    """`record[key]` when it is a string with more than whitespace, else DataError: "<where>: empty <key>"."""
+    value = record[key]
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: empty {key}")
+    return value
+
+
 def resolve_image_path(relative: Any, inputs: TaskInputs, where: str, folder: str = "") -> Path:
     """`relative` joined to ``<image root>/<folder>`` and normalised lexically (symlinks are not followed:
     InternVL's layout links shared image folders); outside the image root is refused unless

@@ -80,7 +80,7 @@ from typing import Any, Callable, Mapping, Sequence
 from eval_scripts.base import DataError, Item, Score, Task, TaskInputs
 from eval_scripts.metrics import METRICS, mean_percent
 from eval_scripts.registry import register
-from eval_scripts.task_files import is_skipped, read_jsonl_records, resolve_image_path
+from eval_scripts.task_files import is_skipped, non_empty_text, read_jsonl_records, require_fields, resolve_image_path
 from launcher.errors import UserError
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
@@ -226,15 +226,11 @@ class VQATask(Task):
 
     def _parse_record(self, record: dict[str, Any], path: Path, line_number: int, inputs: TaskInputs,
                       metric: str) -> Item:
-        missing = [key for key in ("question_id", "image", "question") if key not in record]
-        if missing:
-            raise _file_error(path, line_number, f"missing field(s) {', '.join(missing)}; each line needs "
-                                                 f"question_id, image and question")
+        require_fields(record, ("question_id", "image", "question"), f"{path}:{line_number}",
+                       "question_id, image and question")
         item_id = _item_id(record["question_id"], path, line_number)
-        question = record["question"]
-        if not isinstance(question, str) or not question.strip():
-            raise _file_error(path, line_number, f"item {item_id!r}: empty question")
         where = f"{path}:{line_number}: item {item_id!r}"
+        question = non_empty_text(record, "question", where)
         relative_paths = record["image"] if isinstance(record["image"], list) else [record["image"]]
         if not relative_paths:
             raise DataError(f"{where}: 'image' must be a path or a list of paths, found []")
