@@ -102,8 +102,8 @@ def plan_batches(indices: Sequence[int], costs: Mapping[int, float] | Sequence[f
     if dynamic:
         cap = balanced_cost_cap((costs[index] for index in indices), batch_size)
         return cost_batches(indices, costs, batch_size, cap, world_size=world_size)
-    shard = [indices[position] for position in contiguous_shard(len(indices), rank, world_size)]
-    return cost_batches(shard, costs, batch_size, balanced_cost_cap((costs[index] for index in shard), batch_size))
+    shard_costs = (costs[indices[position]] for position in contiguous_shard(len(indices), rank, world_size))
+    return static_batches(indices, costs, batch_size, rank, world_size, balanced_cost_cap(shard_costs, batch_size))
 
 
 class WorkQueue:
