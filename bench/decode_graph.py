@@ -34,16 +34,12 @@ from typing import Any, Sequence
 
 import torch
 
+from bench.common import fill_defaults, sync_device
 from bench.profile_generate import PhaseTimer, premade_batches
-from bench.report import fill_defaults, print_table, write_report
+from bench.report import print_table, write_report
 from bench.throughput import device_description, make_workload, one_device
 
 MODES = ("hf", "graph", "eager")
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def run_generate(model: Any, on_device: list[dict[str, torch.Tensor]], max_new_tokens: int, eos_token_id: int,
@@ -53,7 +49,7 @@ def run_generate(model: Any, on_device: list[dict[str, torch.Tensor]], max_new_t
     outputs = []
     phases = {"vision": 0.0, "prefill": 0.0, "decode": 0.0, "decode_steps": 0}
     try:
-        _sync()
+        sync_device()
         started = time.perf_counter()
         for inputs in on_device:
             timer.begin()
@@ -81,7 +77,7 @@ def run_fast(decoder: Any, on_device: list[dict[str, torch.Tensor]],
     outputs = []
     prefill_ms = decode_ms = 0.0
     steps = 0
-    _sync()
+    sync_device()
     started = time.perf_counter()
     for inputs in on_device:
         outputs.append(decoder.generate(inputs, max_new_tokens))
@@ -89,7 +85,7 @@ def run_fast(decoder: Any, on_device: list[dict[str, torch.Tensor]],
         prefill_ms += timings["prefill_ms"]
         decode_ms += timings["decode_ms"]
         steps += timings["decode_steps"]
-    _sync()
+    sync_device()
     seconds = time.perf_counter() - started
     row = _rate(on_device, seconds)
     row["ms"] = {"prefill": round(prefill_ms, 1), "decode": round(decode_ms, 1)}

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from bench.common import free_port
 from bench.report import print_table, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,12 +162,6 @@ def run_gather(args: argparse.Namespace) -> dict[str, Any]:
 # (b) start to first batch
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def child_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1",
                TOKENIZERS_PARALLELISM="false", NCCL_NVLS_ENABLE="0")
@@ -182,7 +176,7 @@ def launch_command(nproc: int, launch_args: Sequence[str]) -> list[str]:
     if nproc == 1:
         return [sys.executable, launch, *launch_args]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-            "127.0.0.1", "--master_port", str(_free_port()), launch, *launch_args]
+            "127.0.0.1", "--master_port", str(free_port()), launch, *launch_args]
 
 
 def rank_startup(entry: dict[str, Any], process: dict[str, Any] | None) -> dict[str, Any]:

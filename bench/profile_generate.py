@@ -28,7 +28,8 @@ from typing import Any, Sequence
 
 import torch
 
-from bench.report import fill_defaults, print_table, write_report
+from bench.common import fill_defaults, sync_device
+from bench.report import print_table, write_report
 from bench.throughput import device_description, make_adapter, make_workload, one_device
 
 
@@ -165,7 +166,7 @@ def _timed_generate(adapter, on_device: list[dict[str, torch.Tensor]], settings,
     phases = {"vision": 0.0, "prefill": 0.0, "decode": 0.0, "decode_steps": 0}
     flops = {"vision": 0.0, "prefill": 0.0, "decode": 0.0}
     walls = []
-    _sync()
+    sync_device()
     started = time.perf_counter()
     for inputs in on_device:
         if timer is not None:
@@ -173,7 +174,7 @@ def _timed_generate(adapter, on_device: list[dict[str, torch.Tensor]], settings,
         begun = time.perf_counter()
         with torch.inference_mode():
             adapter.model.generate(**inputs, **kwargs)
-        _sync()
+        sync_device()
         walls.append(time.perf_counter() - begun)
         if timer is not None:
             for phase, value in timer.totals_ms().items():
@@ -201,11 +202,6 @@ def _timed_generate(adapter, on_device: list[dict[str, torch.Tensor]], settings,
     return result
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def kernel_profile(adapter, inputs: dict[str, torch.Tensor], settings, path: Path | None) -> dict[str, Any]:
     """torch.profiler over one generate: top kernels by device time, launches, CPU vs device totals."""
     from torch.profiler import ProfilerActivity, profile
@@ -214,7 +210,7 @@ def kernel_profile(adapter, inputs: dict[str, torch.Tensor], settings, path: Pat
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof, torch.inference_mode():
         adapter.model.generate(**inputs, **kwargs)
-        _sync()
+        sync_device()
     averages = prof.key_averages()
     sort_key = "device_time_total" if torch.cuda.is_available() else "cpu_time_total"
     table = averages.table(sort_by=sort_key, row_limit=30)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 
 def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -21,9 +21,3 @@ def write_report(path: str | Path | None, report: dict[str, Any]) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(report, indent=2, default=str) + "\n")
 
-
-def fill_defaults(args: Any, defaults: Mapping[str, Any]) -> None:
-    """Set each argument still None to its default (the benches' defaults depend on --device)."""
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)

@@ -39,7 +39,8 @@ from typing import Any, Sequence
 
 import torch
 
-from bench.report import fill_defaults, print_table, write_report
+from bench.common import fill_defaults
+from bench.report import print_table, write_report
 from bench.throughput import agreement, device_description, make_workload, ours
 from launcher.generation import GenerationSettings
 

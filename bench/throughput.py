@@ -44,7 +44,8 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
-from bench.report import fill_defaults, print_table, write_report
+from bench.common import fill_defaults, sync_device
+from bench.report import print_table, write_report
 from bench.data import BenchTask, SyntheticSet, make_set
 from launcher.adapters import NativeImageTextAdapter, _first_device, avoid_per_shape_attention_plans
 from launcher.generation import GenerationSettings
@@ -112,11 +113,6 @@ def one_device(name: str) -> tuple[torch.device, torch.dtype]:
     return (torch.device("cuda:0"), torch.bfloat16) if name == "cuda" else (torch.device("cpu"), torch.float32)
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 # ------------------------------------------------------------------------------------------------
 # The three loops, each returning {"seconds", "items", "predictions": {id: text}}
 
@@ -145,11 +141,11 @@ def internvl_loop(adapter, items, prompts, indices: Sequence[int], settings: Gen
     loader = torch.utils.data.DataLoader(_OneItem(adapter, items, prompts, indices), batch_size=None,
                                          num_workers=num_workers, pin_memory=torch.cuda.is_available())
     predictions = {}
-    _sync()
+    sync_device()
     started = time.perf_counter()
     for index, batch in loader:
         predictions[items[index].id] = adapter.generate(batch, settings)[0]
-    _sync()
+    sync_device()
     return {"seconds": time.perf_counter() - started, "items": len(predictions), "predictions": predictions}
 
 
@@ -160,7 +156,7 @@ def hf_batched(adapter, items, prompts, indices: Sequence[int], settings: Genera
 
     ordered = sorted(indices, key=lambda i: (-len(prompts[i]), i))
     predictions = {}
-    _sync()
+    sync_device()
     started = time.perf_counter()
     for start in range(0, len(ordered), batch_size):
         chunk = ordered[start:start + batch_size]
@@ -168,7 +164,7 @@ def hf_batched(adapter, items, prompts, indices: Sequence[int], settings: Genera
         batch = adapter.collate([items[i] for i in chunk], [prompts[i] for i in chunk], images)
         for index, text in zip(chunk, adapter.generate(batch, settings)):
             predictions[items[index].id] = text
-    _sync()
+    sync_device()
     return {"seconds": time.perf_counter() - started, "items": len(predictions), "predictions": predictions}
 
 
@@ -180,14 +176,14 @@ def ours(adapter, items, prompts, batches: list[list[int]], settings: Generation
 
     with tempfile.TemporaryDirectory() as scratch:
         journal = Journal(Path(scratch) / "journal.jsonl")
-        _sync()
+        sync_device()
         started = time.perf_counter()
         result = run_batches(task=BenchTask(), items=items, prompts=prompts, batches=batches, adapter=adapter,
                              settings=settings, journal=journal, on_bad_item="error", num_workers=num_workers,
                              pin_memory=torch.cuda.is_available(), queue_key=queue_key, store=store,
                              stop=StopFlag(), on_batch_done=lambda *_: None,
                              set_phase=lambda *_: None)
-        _sync()
+        sync_device()
         seconds = time.perf_counter() - started
         journal.close()
         rows = list(read_journal(journal.path))

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
+
+from bench.common import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -284,12 +285,6 @@ def write_skewed_data(data_root: Path, n_items: int, heavy: int, heavy_words: in
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run_demo(args: argparse.Namespace) -> list[Path]:
     from launcher.tiny_models import build_native_internvl
 
@@ -308,7 +303,7 @@ def run_demo(args: argparse.Namespace) -> list[Path]:
     for schedule in ("static", "dynamic"):
         out_dir = work / f"run-{schedule}"
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.demo_ranks),
-                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(REPO / "launch.py"),
+                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(REPO / "launch.py"),
                    "--checkpoint", str(checkpoint), "--task", "synthetic_shapes", "--data-root", str(work / "data"),
                    "--data", str(data_file), "--out-dir", str(out_dir), "--overwrite", "--schedule", schedule,
                    "--batch-size", str(args.demo_batch_size), "--max-new-tokens", str(args.demo_max_new_tokens),

@@ -3,21 +3,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.runs import free_port
 
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--max-new-tokens", "3", "--num-workers", "1"]
 IN_PROCESS = ["--device", "cpu", "--max-new-tokens", "3", "--num-workers", "0"]   # no worker forks: faster
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -58,7 +53,7 @@ def test_throughput_single_process_reports_every_mode(tmp_path):
 def test_throughput_workers_compare_static_and_dynamic_schedules(tmp_path):
     out = tmp_path / "multi.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "bench.throughput", "--worker", *TINY, "--items", "8", "--skewed-items", "8",
+               str(free_port()), "-m", "bench.throughput", "--worker", *TINY, "--items", "8", "--skewed-items", "8",
                "--batch-sizes", "2", "--out", str(out)]
     done = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
