@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
+from eval_scripts.data_layout import find_declared
 from launcher.errors import UserError
 
 
@@ -46,7 +47,10 @@ class Item:
 
 @dataclass(frozen=True)
 class TaskInputs:
-    """Where a task reads its data from (resolved from --data, --data-root, --image-root)."""
+    """Where a task reads its data from (resolved from --data, --data-root, --image-root).
+
+    `data_root` is InternVL's internvl_chat folder or its data/ folder: declared paths are looked up in
+    both (`data_layout`)."""
 
     data_root: Path
     image_root: Path
@@ -107,8 +111,14 @@ class Task:
                 "data_file": str(self.main_file(inputs))}
 
     def main_file(self, inputs: TaskInputs) -> Path:
+        """--data when given, else the declared data file under --data-root (either root style)."""
         if inputs.data_file is not None:
             return inputs.data_file
         if "data" not in self.files:
             raise DataError(f"task {self.name!r} declares no data file; pass --data FILE")
-        return inputs.data_root / self.files["data"]
+        return self.declared_path(inputs, "data")
+
+    def declared_path(self, inputs: TaskInputs, role: str) -> Path:
+        """The file or folder declared for `role`, found under --data-root whether that is InternVL's
+        internvl_chat folder or its data/ folder; where it exists in neither, the first place tried."""
+        return find_declared(inputs.data_root, self.files[role])

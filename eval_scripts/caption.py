@@ -133,7 +133,7 @@ class CaptionTask(Task):
 
     def _karpathy_entries(self, document: list, path: Path, inputs: TaskInputs) -> list["_Entry"]:
         references: dict[str, list[str]] = {}
-        annotation = inputs.data_root / self.files["annotation"] if "annotation" in self.files else None
+        annotation = self.declared_path(inputs, "annotation") if "annotation" in self.files else None
         if annotation is not None and annotation.is_file():
             references = _coco_references(_read_json(annotation), annotation)
         entries = []

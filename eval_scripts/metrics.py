@@ -33,10 +33,14 @@ What each metric follows, and where we deliberately differ:
       reference: 1.0 on a normalised exact match, else 0.0.
 
 ``anls`` (DocVQA, InfographicVQA)
-    Average Normalised Levenshtein Similarity, as the RRC evaluation script InternVL runs
-    (``infographicsvqa_eval.py``): both sides lower-cased, stripped and whitespace-collapsed; per
-    reference ``1 - distance / max(len)``; the best reference wins; a similarity below ``threshold``
-    (0.5) scores 0. A similarity of exactly 0.5 is kept (as that script does; the ANLS paper's
+    Average Normalised Levenshtein Similarity, exactly as the RRC evaluation script InternVL runs
+    (``infographicsvqa_eval.py``, the DocVQA/InfographicVQA scorer): the edit distance is taken between
+    the NORMALISED texts (stripped, lower-cased, runs of whitespace collapsed to one space), but it is
+    divided by the length of the longer RAW text (``max(len(reference.upper()), len(prediction.upper()))``,
+    the strings as given). Repeated or surrounding spaces therefore lengthen the denominator without adding
+    to the distance: ``"new  yrok"`` against ``"new york"`` is ``1 - 2/9``, not ``1 - 2/8``. Per reference
+    ``1 - distance / length`` (a length of 0 gives 1); the best reference wins; a similarity below
+    ``threshold`` (0.5) scores 0. A similarity of exactly 0.5 is kept (as that script does; the ANLS paper's
     ``NL < tau`` rule would zero it).
 
 ``relaxed_accuracy`` (ChartQA)
@@ -188,19 +192,25 @@ def levenshtein_distance(first: str, second: str) -> int:
 
 
 def _anls_text(text: str) -> str:
+    """The official scorer's normalisation for the edit distance: stripped, lower case, single spaces."""
     return " ".join(text.strip().lower().split())
 
 
 def anls(prediction: str, answers: Answers, threshold: float = 0.5) -> float:
-    """Normalised Levenshtein similarity to the closest reference; below `threshold` it counts as 0."""
+    """Normalised Levenshtein similarity to the closest reference; below `threshold` it counts as 0.
+
+    As the official DocVQA/InfographicVQA script: distance between the normalised texts, divided by the
+    longer of the two RAW texts' lengths (as upper-cased), so extra whitespace lowers the distance ratio."""
     predicted = _anls_text(prediction)
-    best = 0.0
+    ratios = []
     for answer in _answer_list(answers):
-        reference = _anls_text(answer)
-        longest = max(len(reference), len(predicted))
-        distance = 0.0 if longest == 0 else levenshtein_distance(reference, predicted) / longest
-        best = max(best, 1.0 - distance)
-    return best if best >= threshold else 0.0
+        # The lengths are the raw strings' on purpose: normalising them too gives a different score
+        # whenever a text holds repeated or surrounding whitespace (or a character whose upper case is
+        # longer, such as "ß").
+        length = max(len(answer.upper()), len(prediction.upper()))
+        ratios.append(0.0 if length == 0 else levenshtein_distance(_anls_text(answer), predicted) / length)
+    similarity = 1.0 - min(ratios)
+    return similarity if similarity >= threshold else 0.0
 
 
 # --------------------------------------------------------------------------- relaxed accuracy

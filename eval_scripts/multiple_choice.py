@@ -528,7 +528,7 @@ class SEEDImageTask(MultipleChoiceTask):
 
     def _question_types(self, inputs: TaskInputs) -> dict[str, str]:
         """question_id -> question type name, from SEED-Bench.json when it is there (else nothing)."""
-        path = inputs.data_root / self.files["annotation"]
+        path = self.declared_path(inputs, "annotation")
         if not path.is_file():
             return {}
         try:

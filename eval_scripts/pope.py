@@ -21,7 +21,11 @@ Answers and labels (decisions):
 * Labels come from the question line's ``label`` (or ``answer``) when it has one, else from
   ``coco/coco_pope_<category>.json``: the k-th question of a category takes that file's k-th label, as
   InternVL's script pairs them by position. We check that both name the same image and refuse files whose
-  counts or images disagree (the reference script would silently score against shifted labels).
+  counts or images disagree (the reference script would silently score against shifted labels). A count
+  mismatch is nearly always POPE's current label files beside LLaVA's question file: that question file
+  goes with POPE commit e3e3926 (the one InternVL's README downloads; 3000/3000/2910 labels), while
+  POPE's later ``coco_pope_random.json`` holds 3000; the error names both files, both counts and the
+  label file to download.
 * Scores per category (adversarial, popular, random, or whatever categories the file has): accuracy,
   precision, recall, F1 and yes-ratio with "yes" as the positive class (`metrics.binary_classification_stats`),
   in percent. The headline ``f1`` is the mean of the categories' F1, InternVL's "Overall F1"; ``accuracy``
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from eval_scripts.base import DataError, Item, Score, Task, TaskInputs
+from eval_scripts.data_layout import describe_candidates, find_declared
 from eval_scripts.metrics import binary_classification_stats, pope_answer
 from eval_scripts.task_files import (FixedMetric, is_skipped, missing_data_error, read_jsonl_records,
                                           refuse_metric_override, require_fields, resolve_image_path)
@@ -44,6 +49,24 @@ from eval_scripts.registry import register
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 POPE_CATEGORIES = ("adversarial", "popular", "random")
+# The POPE revision whose label files match LLaVA's llava_pope_test.jsonl (pinned by InternVL's and LLaVA's
+# evaluation docs); POPE's later files differ (coco_pope_random.json: 2910 labels there, 3000 later).
+POPE_LABELS_COMMIT = "e3e39262c85a6a83f26cf5094022a782cb0df58d"
+POPE_LABELS_URL = ("https://github.com/AoiDragon/POPE/raw/" + POPE_LABELS_COMMIT
+                   + "/output/coco/coco_pope_{category}.json")
+
+
+def label_count_mismatch(label_file: Path, n_labels: int, question_file: Path, n_questions: int,
+                         category: str) -> str:
+    """Why a label file and a question file that disagree in length cannot be paired, and which to use."""
+    direction = "more" if n_labels > n_questions else "fewer"
+    return (f"POPE label file {label_file} holds {n_labels} labels but the question file {question_file} has "
+            f"{n_questions} {category!r} questions ({direction} labels than questions); labels are paired with "
+            f"questions by position, so both files must come from the same POPE version. InternVL's "
+            f"llava_pope_test.jsonl goes with POPE's labels at commit {POPE_LABELS_COMMIT[:7]} (its "
+            f"coco_pope_random.json holds 2910 labels; later POPE commits hold 3000): replace {label_file.name} "
+            f"with {POPE_LABELS_URL.format(category=category)}, as InternVL's eval/pope/README.md downloads it, "
+            f"or give questions that carry their own 'label' with --data FILE")
 
 
 def _label(value: Any, where: str) -> str:
@@ -105,21 +128,21 @@ class POPETask(Task):
                    if record.get("label", record.get("answer")) is None]
         if not needing:
             return {}
-        folder = inputs.data_root / self.files["annotation"]
         by_category: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
         for line_number, record in needing:
             by_category[str(record.get("category"))].append((line_number, record))
         labels: dict[int, str] = {}
         for category, questions in by_category.items():
-            label_file = folder / f"coco_pope_{category}.json"
+            declared = f"{self.files['annotation']}/coco_pope_{category}.json"
+            label_file = find_declared(inputs.data_root, declared)
             if not label_file.is_file():
                 raise DataError(f"{path}:{questions[0][0]}: no label for this {category!r} question and no "
-                                f"label file {label_file} (POPE's coco_pope_<category>.json under "
-                                f"{self.files['annotation']} in --data-root {inputs.data_root})")
+                                f"label file: tried {describe_candidates(inputs.data_root, declared)} (POPE's "
+                                f"coco_pope_<category>.json; pass --data-root DIR: InternVL's internvl_chat "
+                                f"folder or its data/ folder)")
             answers = read_jsonl_records(label_file)
             if len(answers) != len(questions):
-                raise DataError(f"{label_file} holds {len(answers)} labels but {path} has {len(questions)} "
-                                f"{category!r} questions; they are paired by position and must agree")
+                raise DataError(label_count_mismatch(label_file, len(answers), path, len(questions), category))
             for (line_number, record), (label_line, answer) in zip(questions, answers):
                 if "image" in answer and answer["image"] != record.get("image"):
                     raise DataError(f"{label_file}:{label_line}: label for image {answer['image']!r} is paired "

@@ -11,20 +11,21 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from eval_scripts.base import DataError, Task, TaskInputs
+from eval_scripts.data_layout import DATA_FOLDER, describe_candidates, image_relative_path
 from launcher.errors import UserError
 
 
 def missing_data_error(task: Task, path: Path, inputs: TaskInputs, role: str = "data") -> DataError:
-    """The error for a task file that does not exist, naming the flag that fixes it."""
+    """The error for a task file that does not exist: every place tried and the flag that fixes it."""
     declared = task.files.get(role)
     if inputs.data_file is not None and role == "data":
-        fix = "check --data"
-    elif declared:
-        fix = (f"task {task.name!r} reads {declared} under --data-root (now {inputs.data_root}); pass "
-               f"--data-root DIR" + (" or --data FILE" if role == "data" else ""))
-    else:
-        fix = "pass --data FILE"
-    return DataError(f"{role} file not found: {path} ({fix})")
+        return DataError(f"{role} file not found: {path} (check --data)")
+    if not declared:
+        return DataError(f"{role} file not found: {path} (pass --data FILE)")
+    return DataError(f"{role} file not found for task {task.name!r}: tried "
+                     f"{describe_candidates(inputs.data_root, declared)}; pass --data-root DIR (InternVL's "
+                     f"internvl_chat folder or its {DATA_FOLDER}/ folder)"
+                     + (" or --data FILE" if role == "data" else ""))
 
 
 def read_jsonl_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -73,11 +74,13 @@ def non_empty_text(record: Mapping[str, Any], key: str, where: str) -> str:
 def resolve_image_path(relative: Any, inputs: TaskInputs, where: str, folder: str = "") -> Path:
     """`relative` joined to ``<image root>/<folder>`` and normalised lexically (symlinks are not followed:
     InternVL's layout links shared image folders); outside the image root is refused unless
-    --allow-outside-root. `where` names the file and line for errors."""
+    --allow-outside-root. InternVL's ``data/...`` paths also work when the image root is its data/ folder
+    (`data_layout.image_relative_path`). `where` names the file and line for errors."""
     if not isinstance(relative, str) or not relative:
         raise DataError(f"{where}: an image must be a non-empty path, found {json.dumps(relative)[:80]}")
     image_root = Path(os.path.abspath(inputs.image_root))
-    candidate = Path(os.path.normpath(image_root / folder / relative))
+    joined = image_relative_path(image_root, os.path.normpath(os.path.join(folder, relative)))
+    candidate = Path(os.path.normpath(image_root / joined))
     if not inputs.allow_outside_root and not candidate.is_relative_to(image_root):
         raise DataError(f"{where}: image path {relative!r} resolves to {candidate}, outside the image root "
                         f"{image_root} (set --image-root, or pass --allow-outside-root to trust this file)")

@@ -80,7 +80,9 @@ from typing import Any, Callable, Mapping, Sequence
 from eval_scripts.base import DataError, Item, Score, Task, TaskInputs
 from eval_scripts.metrics import METRICS, mean_percent
 from eval_scripts.registry import register
-from eval_scripts.task_files import is_skipped, non_empty_text, read_jsonl_records, require_fields, resolve_image_path
+from eval_scripts.data_layout import describe_candidates
+from eval_scripts.task_files import (is_skipped, missing_data_error, non_empty_text, read_jsonl_records,
+                                     require_fields, resolve_image_path)
 from launcher.errors import UserError
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
@@ -201,10 +203,7 @@ class VQATask(Task):
         metric = self.select_metric(inputs.metric)
         path = self.main_file(inputs)
         if not path.is_file():
-            fix = ("pass --data FILE" if not self.is_preset else
-                   f"this task reads {self.files['data']} under --data-root (now {inputs.data_root}); "
-                   f"pass --data-root DIR or --data FILE")
-            raise DataError(f"data file not found: {path} ({fix})")
+            raise missing_data_error(self, path, inputs)
         lines = self._read_lines(path, inputs, metric)
         items = self._attach_references(lines, path, inputs, metric)
         if not items:
@@ -248,7 +247,7 @@ class VQATask(Task):
     def _attach_references(self, lines: list[_Line], path: Path, inputs: TaskInputs,
                            metric: str) -> list[Item]:
         items = [line.item for line in lines]
-        annotation_path = inputs.data_root / self.files["annotation"] if "annotation" in self.files else None
+        annotation_path = self.declared_path(inputs, "annotation") if "annotation" in self.files else None
         if annotation_path is not None and annotation_path.is_file():
             references = _read_annotation(annotation_path, self.annotation_format or "vqa")
             joined = []
@@ -261,7 +260,8 @@ class VQATask(Task):
             return joined
         if not self.is_preset:
             return items
-        missing_note = (f" and the annotation file {annotation_path} is missing"
+        missing_note = (f" and the annotation file is missing (tried "
+                        f"{describe_candidates(inputs.data_root, self.files['annotation'])})"
                         if annotation_path is not None else "")
         for line in lines:
             answer = line.item.answer

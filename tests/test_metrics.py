@@ -109,6 +109,41 @@ def test_anls_of_two_empty_texts_is_one() -> None:
     assert anls("", [""]) == 1.0
 
 
+def test_anls_divides_by_the_raw_length_so_repeated_spaces_count() -> None:
+    # The official script takes the distance between normalised texts ("new yrok" vs "new york": 2) but
+    # divides by the raw prediction's length (9 with the double space), not the normalised one (8).
+    assert anls("new  yrok", ["new york"]) == pytest.approx(1 - 2 / 9)
+    assert anls("new yrok", ["new york"]) == pytest.approx(1 - 2 / 8)
+
+
+# (prediction, references, score) as InternVL's infographicsvqa_eval.py (the RRC DocVQA/InfographicVQA
+# scorer) gives them, each checked by running that script on these cases.
+OFFICIAL_ANLS_CASES = [
+    ("new  yrok", ["new york"], 7 / 9),
+    ("  New   York  ", ["new york"], 1.0),
+    ("1995", ["1996"], 0.75),
+    ("abcd", ["abxy"], 0.5),
+    ("ab  cd", ["abxd"], 4 / 6),
+    ("ab   xy", ["abcd"], 4 / 7),              # 0.4 on normalised lengths: would be zeroed
+    ("new yrok", ["new   york"], 0.8),         # the reference's raw length counts too
+    ("new  york", ["boston", "new yrok"], 7 / 9),
+    ("straße", ["STRASSE"], 5 / 7),            # lengths of the upper-cased raw strings ("SS" for "ß")
+    ("", ["abc"], 0.0),
+    ("", [""], 1.0),
+    ("new\tyork\n", ["New York"], 1.0),
+    ("abcde", ["abxyz"], 0.0),
+    ("abcde  ", ["abxyz"], 4 / 7),             # trailing spaces lift it over the threshold
+    ("the  total is 12", ["12", "total 12"], 0.5625),
+    ("  ", [""], 1.0),
+    ("x", ["  "], 0.5),
+]
+
+
+@pytest.mark.parametrize("prediction, references, official", OFFICIAL_ANLS_CASES)
+def test_anls_equals_the_official_docvqa_script(prediction: str, references: list[str], official: float) -> None:
+    assert anls(prediction, references) == pytest.approx(official, abs=1e-12)
+
+
 @pytest.mark.parametrize("first, second, distance", [
     ("kitten", "sitting", 3), ("", "abc", 3), ("abc", "abc", 0), ("flaw", "lawn", 2)])
 def test_levenshtein_distance(first: str, second: str, distance: int) -> None:

@@ -125,6 +125,24 @@ def test_pope_refuses_label_files_out_of_order_or_of_another_length(tmp_path: Pa
         get_task("pope").load(inputs_for(tmp_path))
 
 
+@pytest.mark.parametrize("n_labels, direction", [(3, "more"), (1, "fewer")])
+def test_a_label_file_of_another_length_names_both_files_counts_and_the_file_to_use(
+        tmp_path: Path, n_labels: int, direction: str) -> None:
+    pope_layout(tmp_path, {"adversarial": ["yes", "no"], "random": ["yes", "no"]})
+    label_file = tmp_path / "data/pope/coco/coco_pope_random.json"
+    write_jsonl(label_file, [{"question_id": k + 1, "image": f"COCO_val2014_{k + 3:012d}.jpg", "label": "yes"}
+                             for k in range(n_labels)])
+    with pytest.raises(DataError) as raised:
+        get_task("pope").load(inputs_for(tmp_path))
+    message = str(raised.value)
+    assert (f"POPE label file {label_file} holds {n_labels} labels but the question file "
+            f"{tmp_path / 'data/pope/llava_pope_test.jsonl'} has 2 'random' questions ({direction} labels than "
+            f"questions)") in message
+    # What to do: the label file of the POPE revision that LLaVA's question file was made from.
+    assert ("replace coco_pope_random.json with https://github.com/AoiDragon/POPE/raw/"
+            "e3e39262c85a6a83f26cf5094022a782cb0df58d/output/coco/coco_pope_random.json") in message
+
+
 # ----------------------------------------------------------------------------- MME metrics
 
 @pytest.mark.parametrize("reply, expected", [
@@ -227,7 +245,7 @@ def test_mme_bad_lines_name_file_and_line(tmp_path: Path) -> None:
 
 
 def test_mme_missing_folder_names_the_flag(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="eval/mme/Your_Results under --data-root"):
+    with pytest.raises(DataError, match=r"eval/mme/Your_Results .*; pass --data-root DIR"):
         get_task("mme").load(inputs_for(tmp_path))
 
 

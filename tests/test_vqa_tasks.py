@@ -179,7 +179,8 @@ def test_unknown_metric_lists_known_ones_with_a_close_match(tmp_path: Path) -> N
 
 
 def test_missing_preset_file_names_path_and_flags(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"data file not found: .*chartqa/test_human\.jsonl.*--data-root"):
+    with pytest.raises(DataError, match=r"data file not found for task 'chartqa_test_human': tried .*"
+                                         r"chartqa/test_human\.jsonl.*--data-root"):
         get_task("chartqa_test_human").load(TaskInputs(data_root=tmp_path, image_root=tmp_path))
 
 
@@ -210,7 +211,8 @@ def test_question_missing_from_the_annotation_file_is_an_error(tmp_path: Path) -
 
 
 def test_vqa_accuracy_preset_refuses_single_answers_without_annotation_file(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"single answer and the annotation file .* is missing"):
+    with pytest.raises(DataError, match=r"single answer and the annotation file is missing \(tried .*"
+                                         r"textvqa_val_annotations\.json"):
         get_task("textvqa_val").load(textvqa_layout(tmp_path, "majority", None))
 
 
