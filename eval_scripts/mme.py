@@ -1,6 +1,8 @@
 """MME (14 yes/no subtasks, two questions per image) in InternVL's ``eval/mme`` layout.
 
-Files (relative to ``--data-root``, InternVL's ``internvl_chat`` folder)::
+Files (relative to InternVL's ``internvl_chat`` folder; ``--data-root`` may be that folder or its ``data/``
+folder, from which the question lists are found at ``<data-root>/../eval/mme/Your_Results``: see
+`eval_scripts.data_layout`)::
 
     eval/mme/Your_Results/<subtask>.txt                       the question lists InternVL ships (14 files)
     data/mme/MME_Benchmark_release_version/<subtask>/<image>  the images (InternVL's README)

@@ -10,7 +10,8 @@ Command lines::
     python launch.py --checkpoint CKPT --task textvqa_val,docvqa_val --data-root ~/InternVL/internvl_chat
     python launch.py --checkpoint CKPT --task vqa --data my_set.jsonl --metric anls
 
-Presets (files relative to ``--data-root``, as InternVL's ``ds_collections``; prompts and
+Presets (files relative to InternVL's ``internvl_chat`` folder, as its ``ds_collections``; ``--data-root`` may be
+that folder or its ``data/`` folder, see `eval_scripts.data_layout`; prompts and
 ``max_new_tokens`` as its ``evaluate_vqa.py``):
 
 =======================  ===================  =================  ===============  ========================

@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("tasks and data")
     data.add_argument("--task", "--datasets", dest="tasks", help="comma list of tasks; the model loads once")
     data.add_argument("--data", type=Path, help="override the main data file of a single task")
-    data.add_argument("--data-root", type=Path, default=Path("."), help="where task files live")
+    data.add_argument("--data-root", type=Path, default=Path("."),
+                      help="where task files live: InternVL's internvl_chat folder or its data/ folder")
     data.add_argument("--image-root", type=Path, help="base of relative image paths (default: the data root)")
     data.add_argument("--allow-outside-root", action="store_true",
                       help="allow image paths that leave the image root")
