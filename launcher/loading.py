@@ -352,6 +352,10 @@ def load_model(args: Any, devices: Sequence[torch.device] | None = None) -> Load
     if quantization is not None:
         kwargs["quantization_config"] = quantization
     kwargs["use_safetensors"] = bool(info.safetensors)
+    if info.is_remote_code:
+        from launcher.remote_code import prepare_remote_code
+
+        kwargs.update(prepare_remote_code(info.path, info.config))
     try:
         model = model_class.from_pretrained(str(info.path), **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(str(info.path), trust_remote_code=trust_remote_code)
@@ -363,7 +367,10 @@ def load_model(args: Any, devices: Sequence[torch.device] | None = None) -> Load
                         f"Install those packages, or use the transformers-native '-hf' version of this "
                         f"checkpoint, which needs no remote code") from None
     if info.is_remote_code:
+        from launcher.remote_code import repair_remote_model
+
         ensure_generate(model)
+        repair_remote_model(model, dtype)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, devices=list(devices), dtype=dtype,
                        device_map=dict(getattr(model, "hf_device_map", None) or device_map),

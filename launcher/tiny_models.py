@@ -516,6 +516,9 @@ def build_remote_code_internvl(
     words: Sequence[str] = DEFAULT_WORDS,
     image_size: int = 56,
     patch_size: int = 14,
+    legacy: bool = False,
+    post_init: bool | None = None,
+    code_imports: Sequence[str] = (),
 ) -> Path:
     """Save a tiny remote-code InternVLChatModel-like checkpoint into `out_dir`; return its path.
 
@@ -523,19 +526,35 @@ def build_remote_code_internvl(
     files written beside it, so it loads only with `trust_remote_code=True`. Module names follow
     the original InternVL (`vision_model`, `mlp1`, `language_model.model.layers.N`,
     `language_model.lm_head`); the tokenizer is `build_tokenizer(words)`.
+
+    `legacy=True` reproduces InternVL's pre-August-2025 InternLM2-based folders with our own code
+    (`launcher.tiny_legacy_remote`): an LLM written for transformers 4.3x (`language_model.model.
+    tok_embeddings`, `language_model.output`, legacy tuple caches, rotary buffers built in `__init__`),
+    a config class that raises `Unsupported architecture: ` when built without `llm_config`, and (unless
+    `post_init=True`) no `self.post_init()` in the chat model. `post_init=False` alone drops the call
+    from the Qwen2-based imitation. `code_imports`: packages the vision code imports at its top (to test
+    the message for missing ones).
     """
     import importlib.util
     import sys
     import tempfile
 
+    from launcher import tiny_legacy_remote as legacy_sources
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(words)
+    post_init = (not legacy) if post_init is None else post_init
+    modeling_source = legacy_sources.legacy_chat_modeling_source(
+        _REMOTE_MODELING_SOURCE, llm="legacy" if legacy else "qwen2", post_init=post_init)
     sources = {
-        REMOTE_CONFIG_FILE: _REMOTE_CONFIGURATION_SOURCE,
+        REMOTE_CONFIG_FILE: legacy_sources.LEGACY_CHAT_CONFIG_SOURCE if legacy else _REMOTE_CONFIGURATION_SOURCE,
         REMOTE_CONVERSATION_FILE: _REMOTE_CONVERSATION_SOURCE,
-        REMOTE_MODELING_FILE: _REMOTE_MODELING_SOURCE,
+        REMOTE_MODELING_FILE: modeling_source,
     }
+    if legacy:
+        sources[legacy_sources.LEGACY_LM_CONFIG_FILE] = legacy_sources.LEGACY_LM_CONFIG_SOURCE
+        sources[legacy_sources.LEGACY_LM_FILE] = legacy_sources.LEGACY_LM_SOURCE
     # Build the model from the same source the checkpoint ships, imported as a throw-away package
     # (the relative imports need one), so what is saved is exactly what trust_remote_code loads.
     package_name = f"_tiny_internvl_chat_build_{seed}_{id(out)}"
@@ -557,6 +576,12 @@ def build_remote_code_internvl(
             tie_word_embeddings=False, initializer_range=0.2, rope_theta=10000.0,
             architectures=["Qwen2ForCausalLM"], eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+        if legacy:
+            llm_config = dict(
+                vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                intermediate_size=128, max_position_embeddings=512, rope_theta=10000.0, initializer_range=0.2,
+                architectures=["TinyLegacyForCausalLM"], eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.pad_token_id)
         config = configuration.TinyInternVLChatConfig(
             vision_config={"hidden_size": 32, "patch_size": patch_size, "num_hidden_layers": 2,
                            "num_attention_heads": 2},
@@ -567,12 +592,24 @@ def build_remote_code_internvl(
                 "AutoModel": "modeling_tiny_internvl_chat.TinyInternVLChatModel",
                 "AutoModelForCausalLM": "modeling_tiny_internvl_chat.TinyInternVLChatModel",
             })
+        if legacy:
+            # transformers 5.17 builds a default config while saving; the shipped class cannot (on purpose).
+            from launcher.remote_code import default_subconfigs
+
+            default_subconfigs(configuration.TinyInternVLChatConfig, {"llm_config": llm_config})
         torch.manual_seed(seed)
         model = modeling.TinyInternVLChatModel(config)
+        if not post_init:
+            # Saving needs what post_init sets up; the folder's code still lacks the call.
+            model.post_init()
         model.save_pretrained(out, safe_serialization=True)
         for module in list(sys.modules):
             if module.startswith(package_name):
                 del sys.modules[module]
+    if code_imports:
+        # Only in what the folder ships: the build above imported the code without them.
+        sources[REMOTE_MODELING_FILE] = "".join(f"import {name}  # noqa: F401\n" for name in code_imports) + \
+            sources[REMOTE_MODELING_FILE]
     for name, source in sources.items():
         (out / name).write_text(source)
     # save_pretrained rewrote config.json with our temporary module path in auto_map; restore the
