@@ -35,8 +35,21 @@ What is loaded:
   meta-device skeleton (or `split_model` with `device_map_method="internvl"`), checked with
   `check_device_map` before any weight is read.
 
-Compatibility of InternVL's remote code with transformers 5 (it was written for 4.37-4.4x):
+Compatibility of InternVL's remote code with transformers 5 (it was written for 4.37-4.4x): the
+remote path runs the folder's own code (`InternVLChatModel`, on which InternVL's own `chat` /
+`batch_chat` work) and `launcher/remote_code.py` makes it run on 5.17 and 5.2x (its docstring has the
+table of what breaks and what is done):
 
+* before loading: every file the folder's `auto_map`s reach is checked for imports this environment
+  lacks (`einops`, `timm`, `sentencepiece`, or transformers modules that 5.x removed): one UserError
+  (exit 2) naming them, the files and the pip command; the folder's config class gets its own LLM as
+  the default sub-config (5.17 builds a default config, which InternVL's class refuses with
+  `Unsupported architecture: `); a model class whose `__init__` does not call `post_init()` (InternVL
+  before August 2025) gets the call (5.x reads `all_tied_weights_keys` while loading).
+* after loading: `ensure_generate` (below); remote LLMs whose `prepare_inputs_for_generation` reads
+  legacy `past_key_values` (InternLM2) get the cache that 5.2x hands over as `cache=` and no
+  whole-sequence position ids; non-persistent buffers of remote modules (InternLM2's rotary
+  `inv_freq` / `cos_cached`, left uninitialised by 5.x's meta-device loading) are rebuilt.
 * From transformers 4.50, `PreTrainedModel` no longer inherits `GenerationMixin`. InternVL's
   `InternVLChatModel.generate` calls `self.language_model.generate(...)`; an LLM class shipped as
   remote code without `GenerationMixin` (InternLM2ForCausalLM in InternVL2 / 2.5 -2B, -8B, -26B...)
@@ -44,18 +57,15 @@ Compatibility of InternVL's remote code with transformers 5 (it was written for 
   gives such a submodule a subclass of its own class with `GenerationMixin` mixed in (the instance's
   `__class__` is swapped; no weights move) and a `generation_config` from its config. Transformers'
   own LLM classes (Qwen2, Llama) are left alone.
-* InternVL's vision code imports `timm` (which needs torchvision) and `einops`; where they are
-  missing, transformers refuses the remote code. We report that as a UserError that names the
-  missing packages and suggests the transformers-native `-hf` checkpoint, which needs neither.
-* Not patched (cannot be, from outside): remote LLM code that indexes the KV cache as legacy
-  tuples (InternLM2's `prepare_inputs_for_generation` reads `past_key_values[0][0]`), and, from
-  transformers 5.2x, generate() handing the cache over as `cache=` where such code expects
-  `past_key_values=` (it then sees no cache and re-feeds the prompt embeddings every step). InternVL
-  checkpoints over Qwen2 / Llama use transformers' own LLM classes and are unaffected; for
-  InternLM2-based ones use the `-hf` conversion where one exists.
+* Not runnable on 5.x: InternVL's `modeling_phi3.py` (InternVL2-4B) imports modules transformers 5
+  removed (`transformers.modeling_attn_mask_utils`); the import check says so.
 * Remote-code checkpoints load through `AutoModel` with `trust_remote_code` for both the model and
   the tokenizer (InternVL's own loader also passes `use_fast=False`; transformers 5 picks the
   tokenizer class from tokenizer_config.json).
+* Verified locally against InternVL's own code: tiny checkpoints built from InternVL's real files
+  (Qwen2, InternLM2 with InternViT-300M and -6B, Llama, Qwen3; code from before and after August
+  2025) predict on the remote path, under 5.24 and 5.17, the tokens InternVL's `batch_chat` predicts
+  under transformers 4.37.2 (Qwen3: 4.55), with and without `--dynamic` (docs/DECISIONS.md).
 
 Verified: the tests run under transformers 5.24 (CPU) and 5.17 (the GPU image); on 2 x H200
 (transformers 5.17, torch 2.11) one-GPU float32, bfloat16 and two-GPU (planner and internvl maps)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import importlib.util
 import inspect
 import json
 import sys
@@ -85,15 +86,15 @@ def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
 
 
 def file_imports(file: Path) -> tuple[set[str], set[str]]:
-    """(absolute top-level packages, relative module names) that `file` imports outside try blocks."""
+    """(absolute module names, relative module names) that `file` imports outside try blocks."""
     tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-    packages: set[str] = set()
+    modules: set[str] = set()
     relative: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             if not _guarded(node, parents):
-                packages.update(alias.name.split(".")[0] for alias in node.names)
+                modules.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 if node.module:
@@ -101,12 +102,13 @@ def file_imports(file: Path) -> tuple[set[str], set[str]]:
                 else:
                     relative.update(alias.name for alias in node.names)
             elif node.module and not _guarded(node, parents):
-                packages.add(node.module.split(".")[0])
-    return packages, relative
+                modules.add(node.module)
+    return modules, relative
 
 
 def code_imports(path: Path, config: dict[str, Any]) -> dict[str, list[str]]:
-    """Top-level package -> the folder's files (names) that import it, over every file the auto_maps reach."""
+    """Imported module (absolute, dotted) -> the folder's files that import it, over every file the
+    auto_maps reach (relative imports followed)."""
     users: dict[str, list[str]] = {}
     pending = code_entry_files(path, config)
     seen: set[Path] = set()
@@ -116,22 +118,25 @@ def code_imports(path: Path, config: dict[str, Any]) -> dict[str, list[str]]:
             continue
         seen.add(file)
         try:
-            packages, relative = file_imports(file)
+            modules, relative = file_imports(file)
         except (OSError, SyntaxError, UnicodeDecodeError):
             continue  # transformers will report a broken file itself
-        for package in packages:
-            users.setdefault(package, []).append(file.name)
+        for module in modules:
+            users.setdefault(module, []).append(file.name)
         for module in relative:
             candidate = path / f"{module.replace('.', '/')}.py"
             if candidate.is_file():
                 pending.append(candidate)
-    return {package: sorted(files) for package, files in users.items()}
+    return {module: sorted(files) for module, files in users.items()}
 
 
 def missing_code_packages(imports: dict[str, list[str]]) -> dict[str, str]:
-    """Package -> why it cannot be imported here ('' when it is not installed at all)."""
+    """What cannot be imported here -> why: a package ('' when it is not installed at all, 'needs X'
+    when a dependency of it is missing), or a transformers module this transformers no longer has."""
+    import transformers
+
     missing: dict[str, str] = {}
-    for package in sorted(imports):
+    for package in sorted({module.split(".")[0] for module in imports}):
         if package in _PROVIDED or package in sys.stdlib_module_names or package == "__future__":
             continue
         try:
@@ -140,27 +145,45 @@ def missing_code_packages(imports: dict[str, list[str]]) -> dict[str, str]:
             missing[package] = "" if error.name in (package, None) else f"needs {error.name}"
         except Exception as error:  # noqa: BLE001 - a package that is installed but broken
             missing[package] = f"installed, but importing it fails: {type(error).__name__}: {error}"
+    for module in sorted(imports):
+        if module.startswith("transformers."):
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                missing[module] = f"not in transformers {transformers.__version__}"
     return missing
 
 
 def check_code_imports(path: Path, config: dict[str, Any], *, flag_hint: str = "") -> None:
-    """UserError naming the packages the folder's own code imports and this environment lacks."""
+    """UserError naming what the folder's own code imports and this environment lacks."""
     imports = code_imports(path, config)
     missing = missing_code_packages(imports)
     if not missing:
         return
-    parts, to_install = [], []
-    for package, reason in missing.items():
-        files = ", ".join(imports[package])
-        parts.append(f"{package} ({files}{'; ' + reason if reason else ''})")
-        if not reason:
-            to_install.append(PIP_NAMES.get(package, package))
+    users = {name: sorted({file for module, files in imports.items()
+                           if module == name or module.startswith(name + ".") for file in files})
+             for name in missing}
+    parts, to_install, outdated = [], [], False
+    for name, reason in missing.items():
+        parts.append(f"{name} ({', '.join(users[name])}{'; ' + reason if reason else ''})")
+        if name.startswith("transformers."):
+            outdated = True
+        elif not reason:
+            to_install.append(PIP_NAMES.get(name, name))
         elif reason.startswith("needs "):
             dependency = reason.split(" ", 1)[1].split(".")[0]
             to_install.append(PIP_NAMES.get(dependency, dependency))
-    command = f"pip install {' '.join(dict.fromkeys(to_install))}" if to_install else "reinstall them"
-    raise UserError(f"--checkpoint {path}: its own model code imports packages this environment lacks: "
-                    f"{', '.join(parts)}. Install them ({command}){flag_hint}")
+    advice = []
+    if to_install:
+        advice.append(f"install them (pip install {' '.join(dict.fromkeys(to_install))})")
+    if outdated:
+        advice.append("this code was written for an older transformers and cannot run on this one")
+    if not advice:
+        advice.append("reinstall them")
+    raise UserError(f"--checkpoint {path}: its own model code imports what this environment lacks: "
+                    f"{', '.join(parts)}. {'; '.join(advice).capitalize()}{flag_hint}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -387,7 +410,7 @@ def prepare_remote_code(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Before `from_pretrained` of a folder with its own code: check its imports (UserError), patch its
     classes, and return the `from_pretrained` keyword arguments that go with them (`config`)."""
     is_original = "InternVLChatModel" in (config.get("architectures") or [])
-    hint = (", or let the launcher convert it to transformers' native InternVL (--model-code native), "
+    hint = ("; or let the launcher convert it to transformers' native InternVL (--model-code native), "
             "which runs none of this code" if is_original else "")
     check_code_imports(path, config, flag_hint=hint)
     try:

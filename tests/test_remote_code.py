@@ -291,7 +291,7 @@ def test_imports_are_read_from_every_file_the_auto_map_reaches(importing_checkpo
     imports = remote_code.code_imports(importing_checkpoint, saved)
     assert imports["einops"] == imports["timm"] == imports["sentencepiece"] == ["modeling_tiny_internvl_chat.py"]
     # reached only through the chat model's relative import
-    assert "modeling_tiny_legacy_lm.py" in imports["torch"]
+    assert "modeling_tiny_legacy_lm.py" in imports["transformers.modeling_outputs"]
     assert "dataclasses" in imports          # conversation.py, imported relatively too
 
 
@@ -303,8 +303,25 @@ def test_missing_packages_are_one_user_error_naming_them_and_the_pip_command(imp
     message = str(raised.value)
     for package in ("einops", "timm", "sentencepiece"):
         assert f"{package} (modeling_tiny_internvl_chat.py)" in message
-    assert "pip install einops sentencepiece timm" in message
+    assert "Install them (pip install einops sentencepiece timm)" in message
     assert "\n" not in message
+
+
+def test_code_written_for_a_transformers_that_had_other_modules_is_named_as_such(legacy_checkpoint, tmp_path):
+    import shutil
+
+    import transformers
+
+    folder = tmp_path / "outdated"
+    shutil.copytree(legacy_checkpoint, folder)
+    lm_file = folder / "modeling_tiny_legacy_lm.py"
+    lm_file.write_text("from transformers.modeling_attn_mask_utils_gone import helper  # noqa\n" + lm_file.read_text())
+    with pytest.raises(UserError) as raised:
+        load_model(make_args(folder, trust_remote_code=True), [torch.device("cpu")])
+    message = str(raised.value)
+    assert (f"transformers.modeling_attn_mask_utils_gone (modeling_tiny_legacy_lm.py; not in transformers "
+            f"{transformers.__version__})") in message
+    assert "written for an older transformers" in message and "pip install" not in message
 
 
 def test_a_package_that_imports_but_breaks_names_what_it_needs(tmp_path, monkeypatch):
