@@ -393,11 +393,12 @@ def recompute_buffers(model: Any, dtype: Any) -> list[str]:
             torch.set_default_dtype(previous)
         if twin is None:
             continue
-        for key in transient:
-            fresh = twin._buffers.get(key)
-            if fresh is None:
-                continue
-            module._buffers[key] = fresh.to(module._buffers[key].device)
+        fresh = {key: twin._buffers.get(key) for key in transient}
+        # A twin whose buffers do not have the loaded ones' shapes was not built like the original.
+        if any(value is None or value.shape != module._buffers[key].shape for key, value in fresh.items()):
+            continue
+        for key, value in fresh.items():
+            module._buffers[key] = value.to(module._buffers[key].device)
         rebuilt.append(name)
     return rebuilt
 
