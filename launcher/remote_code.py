@@ -7,12 +7,12 @@ conversion does not cover); this module is what makes it run there, on transform
 
 | what breaks on 5.x | where | what we do |
 | --- | --- | --- |
-| a package the code imports is missing (`einops`, `timm`, `sentencepiece`): transformers checks only the entry file, so a missing import in `modeling_intern_vit.py` surfaced as a raw `ModuleNotFoundError` | before loading | `check_code_imports`: every file the folder's `auto_map`s reach (relative imports followed) is read with `ast`; imports that fail are one UserError naming the packages, the files and the pip command |
-| 5.17 builds a default config (`InternVLChatConfig()`), and InternVL's config class raises `Unsupported architecture: ` for its own default `llm_config={'architectures': ['']}` | config construction | `load_remote_config`: the folder's config class is called with the folder's own `llm_config` / `vision_config` as the defaults of a missing argument |
-| code from before InternVL's August 2025 change has no `self.post_init()` in `InternVLChatModel.__init__`; 5.x's loading then fails on `all_tied_weights_keys` | model construction | `ensure_post_init`: the model class's `__init__` calls `post_init()` after InternVL's own, when InternVL's did not |
+| a package the code imports is missing (`einops`, `timm`, `sentencepiece`): transformers checks only the entry file, so a missing import in `modeling_intern_vit.py` surfaced as a raw `ModuleNotFoundError` | before loading | `check_code_imports`: every file the folder's `auto_map`s reach (relative imports followed) is read with `ast`; what fails to import is one UserError naming the packages, the files and the pip command; transformers modules that 5.x removed (InternVL's `modeling_phi3.py`) are named as such |
+| 5.17 builds a default config (`InternVLChatConfig()`), and InternVL's config class raises `Unsupported architecture: ` for its own default `llm_config={'architectures': ['']}` | config construction | `default_subconfigs`: a missing `llm_config` means the folder's own LLM architecture |
+| code from before InternVL's August 2025 change has no `self.post_init()` in `InternVLChatModel.__init__`; 5.x's loading then fails on `all_tied_weights_keys` | model construction | `ensure_post_init`: `__init__` is followed by `post_init()` when InternVL's did not call it |
 | 5.x's `PreTrainedModel` has no `generate` (InternLM2ForCausalLM in remote code) | after loading | `loading.ensure_generate` (GenerationMixin mixed into the instance's class) |
-| 5.2x's `generate` hands the KV cache over as `cache=` and reads it back from `outputs["cache"]`; InternLM2's `prepare_inputs_for_generation` reads `past_key_values` (so it re-sent the whole prompt at step 2: `size of tensor a (92) must match ... (91)`), its forward returns `past_key_values` legacy tuples | after loading | `bridge_legacy_cache`: the language model's own `prepare_inputs_for_generation` receives the cache under `past_key_values` (an empty cache object as None), and its forward's `past_key_values` are handed back under `cache` |
-| 5.x's loading builds the model on the meta device and leaves buffers that are not in the checkpoint uninitialised: InternLM2's rotary `inv_freq`, `cos_cached`, `sin_cached` | after loading | `recompute_buffers`: each remote-code module that owns non-persistent buffers is built again on the CPU from its own constructor (arguments read back from its attributes) and its buffers copied over |
+| 5.2x's `generate` hands the KV cache over as `cache=`; InternLM2's `prepare_inputs_for_generation` reads `past_key_values` (so it re-sent the whole prompt at step 2: `size of tensor a (92) must match ... (91)`); 5.x also passes whole-sequence `position_ids`, which that code does not slice | after loading | `bridge_legacy_cache`: the method gets the cache as `past_key_values` (the empty cache object of step 1 as None) and no `position_ids` (it derives them from the mask, as under 4.x) |
+| 5.x's loading builds the model on the meta device and leaves buffers that are not in the checkpoint uninitialised: InternLM2's rotary `inv_freq`, `cos_cached`, `sin_cached` | after loading | `recompute_buffers`: each parameter-free remote module with such buffers is built again on the CPU from its own constructor (arguments read back from its attributes) and its buffers copied over |
 
 Each fix touches only classes and instances of the folder's own remote code (never transformers'
 classes), is a no-op for code that needs none of it (InternVL's current code over Qwen2), and leaves
@@ -27,7 +27,7 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from launcher.errors import UserError
 
@@ -39,7 +39,6 @@ PIP_NAMES = {
     "sklearn": "scikit-learn",
     "google": "protobuf",
     "skimage": "scikit-image",
-    "decord": "decord",
 }
 # Always present where the launcher runs (its own requirements), or part of the code's own folder.
 _PROVIDED = {"torch", "transformers", "accelerate", "safetensors", "tokenizers", "huggingface_hub", "numpy",

@@ -518,7 +518,6 @@ def build_remote_code_internvl(
     patch_size: int = 14,
     legacy: bool = False,
     post_init: bool | None = None,
-    code_imports: Sequence[str] = (),
 ) -> Path:
     """Save a tiny remote-code InternVLChatModel-like checkpoint into `out_dir`; return its path.
 
@@ -532,8 +531,7 @@ def build_remote_code_internvl(
     tok_embeddings`, `language_model.output`, legacy tuple caches, rotary buffers built in `__init__`),
     a config class that raises `Unsupported architecture: ` when built without `llm_config`, and (unless
     `post_init=True`) no `self.post_init()` in the chat model. `post_init=False` alone drops the call
-    from the Qwen2-based imitation. `code_imports`: packages the vision code imports at its top (to test
-    the message for missing ones).
+    from the Qwen2-based imitation.
     """
     import importlib.util
     import sys
@@ -606,10 +604,6 @@ def build_remote_code_internvl(
         for module in list(sys.modules):
             if module.startswith(package_name):
                 del sys.modules[module]
-    if code_imports:
-        # Only in what the folder ships: the build above imported the code without them.
-        sources[REMOTE_MODELING_FILE] = "".join(f"import {name}  # noqa: F401\n" for name in code_imports) + \
-            sources[REMOTE_MODELING_FILE]
     for name, source in sources.items():
         (out / name).write_text(source)
     # save_pretrained rewrote config.json with our temporary module path in auto_map; restore the

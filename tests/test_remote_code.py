@@ -278,12 +278,15 @@ def test_a_model_class_without_post_init_gets_it_once():
 
 
 @pytest.fixture(scope="session")
-def importing_checkpoint(tmp_path_factory) -> Path:
+def importing_checkpoint(legacy_checkpoint, tmp_path_factory) -> Path:
     """The legacy imitation whose chat model also imports einops, timm and sentencepiece at its top."""
-    from launcher.tiny_models import build_remote_code_internvl
+    import shutil
 
-    return build_remote_code_internvl(tmp_path_factory.mktemp("importing"), seed=5, legacy=True,
-                                      code_imports=("einops", "timm", "sentencepiece"))
+    folder = tmp_path_factory.mktemp("importing") / "checkpoint"
+    shutil.copytree(legacy_checkpoint, folder)
+    modeling = folder / "modeling_tiny_internvl_chat.py"
+    modeling.write_text("import einops\nimport timm\nimport sentencepiece\n" + modeling.read_text())
+    return folder
 
 
 def test_imports_are_read_from_every_file_the_auto_map_reaches(importing_checkpoint):
