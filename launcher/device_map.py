@@ -39,6 +39,7 @@ layers there). Decisions (see the docstrings for the details):
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -541,6 +542,12 @@ def build_skeleton(checkpoint: str | Path, trust_remote_code: bool = False) -> A
     if not (folder / "config.json").is_file():
         raise UserError(f"--checkpoint {checkpoint}: no config.json there; expected a Hugging Face model folder")
     try:
+        if trust_remote_code:
+            # The folder's own classes, repaired for transformers 5.x as loading does (launcher/remote_code.py):
+            # the Auto classes below then get the repaired ones.
+            from launcher.remote_code import prepare_remote_code
+
+            prepare_remote_code(folder, json.loads((folder / "config.json").read_text()))
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except ValueError as error:
         if "trust_remote_code" in str(error):

@@ -169,6 +169,16 @@ def test_plain_from_pretrained_fails_on_the_legacy_folder(legacy_checkpoint):
     assert "all_tied_weights_keys" in last_line or "Unsupported architecture" in last_line, last_line
 
 
+def test_a_two_gpu_plan_of_the_legacy_folder_builds_its_skeleton(legacy_checkpoint):
+    from launcher.loading import inspect_checkpoint, plan_multi_gpu_map
+
+    device_map = plan_multi_gpu_map(inspect_checkpoint(legacy_checkpoint), [torch.device("cuda", 2),
+                                    torch.device("cuda", 3)], method="internvl", trust_remote_code=True,
+                                    max_memory={2: 4 << 30, 3: 4 << 30})
+    assert device_map["vision_model"] == 2 and device_map["language_model.output"] == 2
+    assert {device_map[f"language_model.model.layers.{i}"] for i in range(3)} == {2, 3}
+
+
 def test_uninitialised_rotary_buffers_are_rebuilt_after_loading(legacy_checkpoint):
     saved = json.loads((legacy_checkpoint / "config.json").read_text())
     loaded = load_model(make_args(legacy_checkpoint, trust_remote_code=True), [torch.device("cpu")])
