@@ -62,10 +62,13 @@ table of what breaks and what is done):
 * Remote-code checkpoints load through `AutoModel` with `trust_remote_code` for both the model and
   the tokenizer (InternVL's own loader also passes `use_fast=False`; transformers 5 picks the
   tokenizer class from tokenizer_config.json).
-* Verified locally against InternVL's own code: tiny checkpoints built from InternVL's real files
-  (Qwen2, InternLM2 with InternViT-300M and -6B, Llama, Qwen3; code from before and after August
-  2025) predict on the remote path, under 5.24 and 5.17, the tokens InternVL's `batch_chat` predicts
-  under transformers 4.37.2 (Qwen3: 4.55), with and without `--dynamic` (docs/DECISIONS.md).
+* Verified locally against InternVL's own code (2026-12-02): tiny checkpoints built from InternVL's
+  real files (Qwen2, InternLM2 with InternViT-300M and -6B, Llama, Qwen3; code from before and after
+  its August 2025 change) predict on the remote path, under 5.24 and 5.17, the tokens InternVL's
+  `batch_chat` predicts under transformers 4.37.2 (Qwen3's code: 4.55, bfloat16), with and without
+  `--dynamic`; InternVL's own `batch_chat` on the model loaded here gives the same tokens. Decoded text
+  differs for the Llama folders' sentencepiece tokenizer where random weights emit invalid byte
+  sequences (transformers 5's tokenizers decode them differently from 4.37's slow tokenizer).
 
 Verified: the tests run under transformers 5.24 (CPU) and 5.17 (the GPU image); on 2 x H200
 (transformers 5.17, torch 2.11) one-GPU float32, bfloat16 and two-GPU (planner and internvl maps)
