@@ -22,7 +22,7 @@ from tests.runs import ROOT, child_env
 DEMO_CHECKPOINT = ROOT / "demo" / "checkpoint"
 STEPS = (1000, 2000, 3000)
 TASKS = ("synthetic_shapes", "pope")
-SYNTHETIC_ITEMS = 24              # batch size 1: enough batches that a signal lands inside the first task
+SYNTHETIC_ITEMS = 40              # batch size 1: enough batches that a signal lands inside the first task
 POPE_LABELS = {"adversarial": ["yes", "no", "yes", "no"], "random": ["no", "yes", "no"]}
 # Every run of the sweep: small and fast; one preprocessing worker (failure paths run with workers on).
 LAUNCH_FLAGS = ("--batch-size", "1", "--max-new-tokens", "4", "--num-workers", "1")
