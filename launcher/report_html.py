@@ -69,7 +69,8 @@ def summary_table(runs: Sequence[RunResult], differences: Sequence[Difference]) 
     flags = flagged_cells(differences)
     best = {task: _best(runs, task) for task in tasks}
     head = "".join(f'<th>{_e(task)}<span class="metric">{_e(headline(runs, task))}</span></th>' for task in tasks)
-    lines = [f'<table id="summary"><thead><tr><th class="left">model</th><th>step</th>{head}'
+    steps = any(run.step is not None for run in runs)   # a step column only where some name has a step
+    lines = [f'<table id="summary"><thead><tr><th class="left">model</th>{"<th>step</th>" if steps else ""}{head}'
              '<th>date</th><th class="left">status</th></tr></thead><tbody>']
     for run in runs:
         cells = []
@@ -93,8 +94,8 @@ def summary_table(runs: Sequence[RunResult], differences: Sequence[Difference]) 
         dates = [result.date for result in run.tasks.values()]
         status = run.status or "-"
         cause = f' title="{_e(run.cause)}"' if run.cause else ""
-        lines.append(f'<tr data-model="{_e(run.label)}"><td class="left">{_e(run.label)}</td>'
-                     f'<td>{"" if run.step is None else run.step}</td>{"".join(cells)}'
+        step = f'<td>{"" if run.step is None else run.step}</td>' if steps else ""
+        lines.append(f'<tr data-model="{_e(run.label)}"><td class="left">{_e(run.label)}</td>{step}{"".join(cells)}'
                      f'<td>{_e(max(dates) if dates else "-")}</td>'
                      f'<td class="left status-{_e(status)}"{cause}>{_e(status)}</td></tr>')
     lines.append("</tbody></table>")

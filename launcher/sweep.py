@@ -247,6 +247,9 @@ def parse_sweep_args(argv: Sequence[str]) -> SweepConfig:
     lines = tuple(line for options in namespace.sbatch for line in sbatch_option_lines(options))
     if (lines or namespace.sbatch_template or namespace.job_name or not namespace.submit) and not namespace.slurm:
         raise UserError("--sbatch, --sbatch-template, --job-name and --no-submit only make sense with --slurm")
+    if namespace.slurm and (namespace.gpus_per_run or namespace.processes_per_run):
+        raise UserError("--gpus-per-run and --processes-per-run are for runs on this machine; with --slurm the "
+                        "#SBATCH lines (--sbatch) give each array task its nodes, tasks and GPUs")
     if namespace.sbatch_template is not None and not namespace.sbatch_template.is_file():
         raise UserError(f"--sbatch-template {namespace.sbatch_template}: no such file")
     config = SweepConfig(

@@ -111,8 +111,8 @@ def snapshot(task_dir: Path) -> Snapshot:
 
 @dataclass(frozen=True)
 class InterruptedSweep:
-    """A sweep (two runs at a time) stopped by SIGTERM once its third run is under way, then rerun with the
-    same command."""
+    """A sweep (two runs at a time) stopped by SIGTERM once its third run is under way, then run again (one
+    run at a time, two processes each: a resumed run may have another world size)."""
 
     out_dir: Path
     checkpoints: tuple[Path, ...]
@@ -131,7 +131,7 @@ class InterruptedSweep:
 def run_interrupted_sweep(out_dir: Path, checkpoints: Sequence[Path], data_root: Path) -> InterruptedSweep:
     """Start the sweep, two runs side by side, and the same sweep again (refused: one sweep per out-dir);
     SIGTERM the first once its third checkpoint (started when one of the first two finished) has journaled a
-    few items; ask --status; run the same command again."""
+    few items; ask --status; run the sweep again, one run at a time, two processes each."""
     names = tuple(path.name for path in checkpoints)
     env = child_env()
     command = sweep_command(checkpoints, data_root, out_dir, "--parallel-runs", "2")
@@ -159,7 +159,10 @@ def run_interrupted_sweep(out_dir: Path, checkpoints: Sequence[Path], data_root:
     status = subprocess.run([sys.executable, "-m", "launcher", "sweep", "--status", "--out-dir", str(out_dir)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
     time.sleep(0.05)  # a rewrite by the resumed sweep shows in mtime_ns even on a coarse clock
-    second = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    # The same sweep, its runs now one at a time (output on the terminal) and each under torchrun with two
+    # processes (--standalone on a free port): a resumed run may have another world size.
+    rerun = command[:-2] + ["--processes-per-run", "2"]
+    second = subprocess.run(rerun, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             timeout=600)
     return InterruptedSweep(out_dir, tuple(checkpoints), names, data_root, tuple(command), concurrent, first, status,
                             second, before, manifests, run_json_before)

@@ -2,8 +2,8 @@
 
 The end-to-end tests share one real sweep (conftest.py `interrupted_sweep`, built in tests/sweeps.py): the demo
 checkpoint saved as checkpoint-1000/2000/3000 plus a random tiny InternVL, over synthetic_shapes and a small
-POPE, two runs side by side on the CPU, stopped by SIGTERM once its third run is under way, then the same
-command again. Pure parts (checkpoint lists, names, GPU groups, #SBATCH lines, the script) are table tests.
+POPE, two runs side by side on the CPU, stopped by SIGTERM once its third run is under way, then run again
+(one run at a time, each under torchrun with two processes). Pure parts (checkpoint lists, names, GPU groups, #SBATCH lines, the script) are table tests.
 """
 from __future__ import annotations
 
@@ -138,6 +138,8 @@ def test_sweep_flags_that_cannot_work_are_one_line_errors(tmp_path, capsys):
         (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
         (["--sbatch", "--time=5"], "only make sense with --slurm"),
         (["--parallel-runs", "0"], "--parallel-runs must be at least 1"),
+        (["--slurm", "--gpus-per-run", "2"], "with --slurm the #SBATCH lines"),
+        (["--slurm", "--sbatch-template", str(tmp_path / "none.sbatch")], "no such file"),
     ]
     for extra, message in cases:
         assert main(base + extra) == 2, extra
@@ -159,6 +161,7 @@ def _ids(task_dir: Path) -> dict[int, list[str]]:
 
 
 def _started(output: str, name: str) -> bool:
+    """Whether the sweep's output says it started a run of `name`."""
     return any(line.startswith(f"[sweep] {name}: ") and " on CPU (log: " in line for line in output.splitlines())
 
 
@@ -215,6 +218,8 @@ def test_the_rerun_skips_finished_pairs_without_touching_them(interrupted_sweep)
             assert (out_dir / name / "run.json").stat().st_mtime_ns == interrupted_sweep.run_json_before[name]
         else:
             assert _started(second.stdout, name)
+            topology = json.loads((out_dir / name / "run.json").read_text())["topology"]
+            assert (topology["world_size"], topology["launcher"]) == (2, "torchrun")   # --processes-per-run 2
     for name in interrupted_sweep.names:
         for task in TASKS:
             assert (out_dir / name / task / "metrics.json").is_file(), (name, task)
