@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--items", type=int, default=300, help="held-out synthetic items")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the training (1 is faster on a "
+                                                                 "busy machine)")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--screenshot", type=Path, default=ROOT / "docs" / "report_screenshot.png")
     args = parser.parse_args(argv)
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     training_run = OUT / "run"
     if not args.skip_training and not (training_run / f"checkpoint-{args.steps}").is_dir():
         run([python, "-m", "demo.train_demo_model", "--out", str(OUT / "trained-final"), "--steps", str(args.steps),
-             "--save-every", str(args.save_every), "--save-dir", str(training_run)])
+             "--save-every", str(args.save_every), "--save-dir", str(training_run), "--threads", str(args.threads)])
     data_root = OUT / "sweep-data"
     generate_benchmark(data_root / "synthetic", n_items=args.items, seed=1234, split="test")
     models = OUT / "models"

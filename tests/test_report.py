@@ -41,6 +41,9 @@ def test_training_steps_are_read_from_run_names(name, step, series):
     assert step_of(name) == (step, series)
 
 
+# The first test to use the shared sweep builds it (about a minute alone on 2 cores, five on a busy machine).
+SWEEP_TIMEOUT = pytest.mark.timeout(900)
+
 # ------------------------------------------------------------------------------------------------ HTML parsing
 
 class _Page(HTMLParser):
@@ -129,6 +132,7 @@ def _metrics(interrupted_sweep) -> dict[tuple[str, str], dict]:
             for name in interrupted_sweep.names for task in TASKS}
 
 
+@SWEEP_TIMEOUT
 def test_the_csv_holds_every_pair_as_its_metrics_file_says(interrupted_sweep, sweep_report):
     _, _, (_, csv_path, _) = sweep_report
     rows = list(csv.DictReader(csv_path.read_text().splitlines()))
@@ -146,6 +150,7 @@ def test_the_csv_holds_every_pair_as_its_metrics_file_says(interrupted_sweep, sw
             assert row["date"] == run["updated"][:10] + " " + run["updated"][11:16]
 
 
+@SWEEP_TIMEOUT
 def test_terminal_and_markdown_tables_show_models_by_tasks(interrupted_sweep, sweep_report):
     _, terminal, (_, _, markdown_path) = sweep_report
     expected = _metrics(interrupted_sweep)
@@ -162,6 +167,7 @@ def test_terminal_and_markdown_tables_show_models_by_tasks(interrupted_sweep, sw
     assert order == ["checkpoint-1000", "checkpoint-2000", "checkpoint-3000", "tiny-random"]
 
 
+@SWEEP_TIMEOUT
 def test_the_page_has_the_table_the_sub_metrics_and_only_embedded_images(interrupted_sweep, sweep_report):
     _, _, (html_path, _, _) = sweep_report
     text = html_path.read_text()
@@ -195,6 +201,7 @@ def test_the_page_has_the_table_the_sub_metrics_and_only_embedded_images(interru
     assert step_plot.size == (2 * 430, 300)                       # one panel per task, side by side
 
 
+@SWEEP_TIMEOUT
 def test_the_page_opens_in_headless_chromium(sweep_report, tmp_path):
     browser = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
                     if shutil.which(name)), None)

@@ -26,6 +26,9 @@ from tests.runs import ROOT, child_env, explain
 from tests.sweeps import (TASKS, journal_lines, kill_tree, pid_alive, process_children, snapshot, sweep_command,
                           wait_until)
 
+# The first test to use the shared sweep builds it (about a minute alone on 2 cores, five on a busy machine).
+SWEEP_TIMEOUT = pytest.mark.timeout(900)
+
 # ------------------------------------------------------------------------------------------------ pure parts
 
 
@@ -165,6 +168,7 @@ def _started(output: str, name: str) -> bool:
     return any(line.startswith(f"[sweep] {name}: ") and " on CPU (log: " in line for line in output.splitlines())
 
 
+@SWEEP_TIMEOUT
 def test_a_stopped_sweep_exits_75_and_says_what_did_not_finish(interrupted_sweep):
     first = interrupted_sweep.first
     assert first.returncode == 75, first.stdout[-4000:]
@@ -180,6 +184,7 @@ def test_a_stopped_sweep_exits_75_and_says_what_did_not_finish(interrupted_sweep
     assert not any(_started(after_signal, name) for name in interrupted_sweep.names)  # nothing new starts
 
 
+@SWEEP_TIMEOUT
 def test_one_sweep_at_a_time_per_out_dir(interrupted_sweep):
     concurrent = interrupted_sweep.concurrent
     assert concurrent.returncode == 2 and "another sweep is running with --out-dir" in concurrent.stdout, \
@@ -187,6 +192,7 @@ def test_one_sweep_at_a_time_per_out_dir(interrupted_sweep):
     assert "[sweep]" not in concurrent.stdout
 
 
+@SWEEP_TIMEOUT
 def test_status_after_the_stop_shows_each_pair_and_the_cause(interrupted_sweep):
     status = interrupted_sweep.status
     assert status.returncode == 0, status.stdout[-3000:]
@@ -205,6 +211,7 @@ def _score(run_dir: Path, task: str) -> float:
     return json.loads((run_dir / task / "metrics.json").read_text())["score"]
 
 
+@SWEEP_TIMEOUT
 def test_the_rerun_skips_finished_pairs_without_touching_them(interrupted_sweep):
     second, out_dir = interrupted_sweep.second, interrupted_sweep.out_dir
     assert second.returncode == 0, second.stdout[-4000:]
@@ -226,6 +233,7 @@ def test_the_rerun_skips_finished_pairs_without_touching_them(interrupted_sweep)
     assert "8 of 8 pairs done" in second.stdout
 
 
+@SWEEP_TIMEOUT
 def test_the_rerun_resumes_partial_pairs_from_their_journals(interrupted_sweep):
     out_dir = interrupted_sweep.out_dir
     unfinished = [pair for pair, state in interrupted_sweep.before.items()
@@ -248,6 +256,7 @@ def test_the_rerun_resumes_partial_pairs_from_their_journals(interrupted_sweep):
     assert resumed, "the stop must leave at least one pair half done"
 
 
+@SWEEP_TIMEOUT
 def test_the_sweep_predicts_what_it_would_fingerprint(interrupted_sweep):
     """The sweep's view of 'done' is the fingerprint launch.py wrote, computed without loading a model."""
     config = parse_sweep_args(list(interrupted_sweep.command[4:]))
@@ -264,6 +273,7 @@ def test_the_sweep_predicts_what_it_would_fingerprint(interrupted_sweep):
         "generation", "model_settings.dynamic"]
 
 
+@SWEEP_TIMEOUT
 def test_a_changed_setting_is_refused_unless_overwrite(interrupted_sweep):
     command = list(interrupted_sweep.command)
     env = child_env()

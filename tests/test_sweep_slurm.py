@@ -25,7 +25,7 @@ from tests.runs import ROOT, explain, predictions
 from tests.sweeps import TASKS, sweep_command
 from tests.test_slurm_cluster import slurm_env  # noqa: F401  (the fixture; importing also skips without a cluster)
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
 SBATCH = "--nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --time=10"
 
