@@ -1,10 +1,10 @@
 """A sweep of a real (tiny) training run and its report: how docs/report_screenshot.png was made.
 
-    .venv/bin/python -m demo.sweep_demo                 # about 10 minutes on 2 CPU cores
+    .venv/bin/python -m demo.sweep_demo                 # a few minutes on 2 free CPU cores
     .venv/bin/python -m demo.sweep_demo --skip-training # reuse demo/out/run/checkpoint-*
 
-1. trains the demo model for --steps steps, saving demo/out/run/checkpoint-<step> every --save-every
-   (`demo.train_demo_model --save-every`), unless those folders exist;
+1. trains the demo model for --steps steps (warm-up a tenth of them), saving demo/out/run/checkpoint-<step>
+   every --save-every (`demo.train_demo_model --save-every`), unless those folders exist;
 2. sweeps them, the committed demo/checkpoint (5,000 steps) and a random tiny InternVL over the held-out
    synthetic shapes set: `python -m launcher sweep --checkpoints demo/out/run/checkpoint-* ...`, two runs at
    a time, into demo/out/sweep/;
@@ -31,8 +31,8 @@ def run(command: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--items", type=int, default=300, help="held-out synthetic items")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the training (1 is faster on a "
                                                                  "busy machine)")
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     training_run = OUT / "run"
     if not args.skip_training and not (training_run / f"checkpoint-{args.steps}").is_dir():
         run([python, "-m", "demo.train_demo_model", "--out", str(OUT / "trained-final"), "--steps", str(args.steps),
-             "--save-every", str(args.save_every), "--save-dir", str(training_run), "--threads", str(args.threads)])
+             "--warmup", str(max(args.steps // 10, 1)), "--save-every", str(args.save_every), "--save-dir",
+             str(training_run), "--threads", str(args.threads)])
     data_root = OUT / "sweep-data"
     generate_benchmark(data_root / "synthetic", n_items=args.items, seed=1234, split="test")
     models = OUT / "models"

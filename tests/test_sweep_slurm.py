@@ -7,7 +7,8 @@ One job array of two array tasks, side by side (one per node), each a two-proces
 run on the CPU: checkpoint-2000 of the shared training run, stopped once with `scancel --signal=TERM` (its
 array task requeues itself and resumes from its journals) and whose predictions must still equal the local
 sweep's; and a copy whose weights file is cut short, whose array task fails: `sweep --status` lists it with
-the root cause from its run.json, and the sweep planned again holds only that checkpoint.
+the root cause from its run.json, and the sweep planned again holds only that checkpoint. The same sweep is
+refused while its array is still in the queue.
 """
 from __future__ import annotations
 
@@ -65,6 +66,10 @@ def test_a_job_array_runs_one_checkpoint_per_array_task_and_status_names_the_fai
         assert time.monotonic() < deadline, f"array task {job_id}_0 never started its first task"
         time.sleep(0.05)
     subprocess.run(["scancel", "--signal=TERM", f"{job_id}_0"], env=slurm_env, check=True, timeout=30)
+    # While the array is in the queue (that task requeues itself), the same sweep is not submitted twice.
+    twice = subprocess.run(command, cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=120)
+    assert twice.returncode == 2 and f"job array {job_id} of this sweep is still in the queue" in twice.stderr, \
+        explain(twice)
     _wait_for_array(job_id, slurm_env, out_dir / "slurm")
     logs = "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted((out_dir / "slurm").glob("*.out")))
 
