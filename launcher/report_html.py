@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from launcher.report import (Difference, RunResult, flagged_cells, format_score, headline, task_names)
 
+TIMELINE_WIDTH = 1180   # pixels: one panel wide enough for the whole legend
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 24px 32px;
        color: #1d1d1f; background: #fff; font-size: 14px; }
@@ -205,7 +206,7 @@ def timelines_section(runs: Sequence[RunResult]) -> str:
             if result.manifest is None or not timeline_image.has_timelines(result.manifest, task):
                 continue
             buffer = io.BytesIO()
-            timeline_image.render([result.manifest], task, buffer, [run.label])
+            timeline_image.render([result.manifest], task, buffer, [run.label], panel_width=TIMELINE_WIDTH)
             images.append(f'<figure><img alt="per-rank timeline of {_e(run.label)} on {_e(task)}" class="timeline" '
                           f'src="{data_uri(buffer.getvalue())}"></figure>')
         if images:  # the first run open: what the picture shows is seen at once

@@ -87,6 +87,8 @@ def bar_plot(runs: Sequence[RunResult]) -> bytes | None:
         positions = range(len(holders))
         scores = [run.tasks[task].score for run in holders]
         bars = axis.bar(positions, scores, color=[colors[i % len(colors)] for i in positions])
+        if scores and min(scores) >= 0:   # bars start at zero; an all-zero panel still gets a scale
+            axis.set_ylim(0, max(scores) * 1.12 or 1)
         axis.bar_label(bars, labels=[f"{score:.1f}" for score in scores], fontsize=7)
         axis.set_xticks(list(positions), [run.label for run in holders], rotation=25, ha="right", fontsize=8)
         axis.set_title(task, fontsize=10)
