@@ -2,6 +2,8 @@
 
     .venv/bin/python -m demo.train_demo_model --out demo/checkpoint     # train, save, verify
     .venv/bin/python -m demo.train_demo_model --evaluate demo/checkpoint # report only (5 s)
+    .venv/bin/python -m demo.train_demo_model --steps 1500 --save-every 250 --save-dir demo/out/run
+                                                   # a training run to sweep: demo/out/run/checkpoint-250 ...
 
 Measured on the 2-core development machine (shared with other jobs), 2026-11-26, torch 2.13 CPU,
 transformers 5.24, `--threads 2` (the default): 5000 steps in 461 s (8 min; 7 to 11 steps/s as the
@@ -234,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evaluate", type=Path, default=None, metavar="CHECKPOINT",
                         help="train nothing: report a saved checkpoint's held-out accuracy")
     parser.add_argument("--report-json", type=Path, default=None, help="with --evaluate: write the report here")
+    parser.add_argument("--save-every", type=int, default=0, metavar="N",
+                        help="also save SAVE_DIR/checkpoint-<step> every N steps (a training run to sweep)")
+    parser.add_argument("--save-dir", type=Path, default=Path("demo/out/run"), help="(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.evaluate is not None:
         return evaluate(args.evaluate, args.threads, args.report_json)
@@ -282,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         running_loss += loss.item()
+        if args.save_every and (step + 1) % args.save_every == 0:
+            tiny_models.build_native_internvl(args.save_dir / f"checkpoint-{step + 1}", words=words, model=model)
         if (step + 1) % args.report_every == 0 or step + 1 == args.steps:
             elapsed = time.perf_counter() - train_started
             accuracy = first_token_accuracy(model, batcher, validation)

@@ -206,3 +206,37 @@ def disconnect() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# What makes a process join an existing world (topology.detect): a run that a sweep starts on this machine
+# must start its own world, even when the sweep itself runs under torchrun or inside a Slurm step.
+_WORLD_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                    "MASTER_PORT", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID")
+
+
+def visible_gpu_ids(env: Mapping[str, str] | None = None, device_count: int | None = None) -> list[str]:
+    """The GPUs this process may hand out, named as CUDA_VISIBLE_DEVICES names them (indices or UUIDs).
+
+    CUDA_VISIBLE_DEVICES, when set, is the list ("" hides every GPU); otherwise every device torch counts,
+    as indices. `env` and `device_count` are injectable for tests.
+    """
+    env = os.environ if env is None else env
+    listed = env.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [name.strip() for name in listed.split(",") if name.strip()]
+    if device_count is None:
+        import torch
+        device_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [str(index) for index in range(device_count)]
+
+
+def run_environment(gpu_ids: list[str] | None, env: Mapping[str, str] | None = None,
+                    **extra: str) -> dict[str, str]:
+    """The environment of a run a sweep starts here: this one, without the variables of an enclosing world,
+    with CUDA_VISIBLE_DEVICES set to the run's GPU group (None: left as it is) and `extra` added."""
+    child = {key: value for key, value in (os.environ if env is None else env).items()
+             if key not in _WORLD_VARIABLES and not key.startswith("TORCHELASTIC_")}
+    if gpu_ids is not None:
+        child["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+    child.update(extra)
+    return child

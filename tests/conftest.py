@@ -24,3 +24,28 @@ def remote_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from launcher.tiny_models import build_remote_code_internvl
 
     return build_remote_code_internvl(tmp_path_factory.mktemp("remote_internvl"), seed=0)
+
+
+# ----- a training run to sweep and one sweep of it, stopped and resumed (tests/sweeps.py)
+
+@pytest.fixture(scope="session")
+def sweep_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.sweeps import make_sweep_data
+
+    return make_sweep_data(tmp_path_factory.mktemp("sweep_data"))
+
+
+@pytest.fixture(scope="session")
+def sweep_checkpoints(tmp_path_factory: pytest.TempPathFactory, native_checkpoint: Path) -> list[Path]:
+    """run/checkpoint-1000, -2000, -3000 (the demo model) and tiny-random (a random tiny InternVL)."""
+    from tests.sweeps import make_training_run
+
+    return make_training_run(tmp_path_factory.mktemp("training"), native_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def interrupted_sweep(tmp_path_factory: pytest.TempPathFactory, sweep_checkpoints, sweep_data_root):
+    """The sweep of those four checkpoints over two tasks, stopped by SIGTERM mid-way and rerun."""
+    from tests.sweeps import run_interrupted_sweep
+
+    return run_interrupted_sweep(tmp_path_factory.mktemp("sweep") / "results", sweep_checkpoints, sweep_data_root)
