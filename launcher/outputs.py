@@ -17,6 +17,16 @@ from typing import Any, Iterable, Mapping
 from launcher.errors import UserError
 
 
+def _new_file_mode() -> int:
+    """The mode `open()` gives a new file under this process's umask (read once: umask() sets it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_NEW_FILE_MODE = _new_file_mode()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     try:
         _atomic_write_text(path, text)
@@ -29,6 +39,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; results on a shared cluster must be readable as any new file is.
+        os.fchmod(descriptor, _NEW_FILE_MODE)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()

@@ -48,3 +48,16 @@ def test_appended_rows_are_on_disk_before_append_returns(tmp_path):
     # Read through a separate handle while the writer is still open.
     assert json.loads(journal.path.read_text().splitlines()[0])["id"] == "x"
     journal.close()
+
+
+def test_atomically_written_files_get_the_mode_of_any_new_file(tmp_path):
+    import os
+    import stat
+
+    from launcher.outputs import atomic_write_text
+
+    target = tmp_path / "run.json"
+    atomic_write_text(target, "{}")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert stat.S_IMODE(os.stat(target).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
