@@ -657,6 +657,11 @@ def make_adapter(loaded: Any, *, dynamic: bool = False, max_num: int = 6) -> Ada
 
     model, tokenizer = loaded.model, loaded.tokenizer
     common = {"dtype": loaded.dtype, "device_map": loaded.device_map, "quantization": loaded.quantization}
+    if getattr(loaded, "original", None) is not None and getattr(loaded.model_code, "path", "") == "converted":
+        from launcher.converted_adapter import ConvertedInternVLAdapter
+
+        return ConvertedInternVLAdapter(model, tokenizer, loaded.original, dynamic=dynamic, max_num=max_num,
+                                        conversion_note=loaded.model_code.reason, **common)
     if is_internvl_chat_model(model):
         return InternVLChatAdapter(model, tokenizer, dynamic=dynamic, max_num=max_num, **common)
     model_type = getattr(model.config, "model_type", "")
