@@ -657,7 +657,7 @@ def make_adapter(loaded: Any, *, dynamic: bool = False, max_num: int = 6) -> Ada
 
     model, tokenizer = loaded.model, loaded.tokenizer
     common = {"dtype": loaded.dtype, "device_map": loaded.device_map, "quantization": loaded.quantization}
-    if getattr(loaded, "original", None) is not None and getattr(loaded.model_code, "path", "") == "converted":
+    if getattr(loaded, "original", None) is not None:   # an original InternVL folder on the native model
         from launcher.converted_adapter import ConvertedInternVLAdapter
 
         return ConvertedInternVLAdapter(model, tokenizer, loaded.original, dynamic=dynamic, max_num=max_num,

@@ -388,7 +388,12 @@ def load_model(args: Any, devices: Sequence[torch.device] | None = None) -> Load
         kwargs.update(prepare_remote_code(info.path, info.config))
     try:
         model = model_class.from_pretrained(str(info.path), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(info.path), trust_remote_code=trust_remote_code)
+        if choice.original is not None and choice.path == "native":   # written by `launcher convert`
+            from launcher.original_tokenizers import load_original_tokenizer
+
+            tokenizer = load_original_tokenizer(info.path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(info.path), trust_remote_code=trust_remote_code)
     except ImportError as error:
         missing = _missing_code_packages(error)
         if missing is None:
@@ -404,7 +409,8 @@ def load_model(args: Any, devices: Sequence[torch.device] | None = None) -> Load
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, devices=list(devices), dtype=dtype,
                        device_map=dict(getattr(model, "hf_device_map", None) or device_map),
-                       quantization=quantization_name, model_code=choice)
+                       quantization=quantization_name, model_code=choice,
+                       original=choice.original if choice.path == "native" else None)
 
 
 def load_model_and_tokenizer(args: Any) -> tuple[Any, Any]:

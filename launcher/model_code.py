@@ -42,12 +42,30 @@ class ModelCodeChoice:
     original: OriginalInternVL | None = None
 
 
+def converted_folder_original(path: Any) -> OriginalInternVL | None:
+    """For a folder written by `python -m launcher convert`: the facts of its source (internvl_original.json)."""
+    import json
+    from pathlib import Path
+
+    from launcher.convert_command import ORIGINAL_CONFIG_FILE
+
+    marker = Path(path) / ORIGINAL_CONFIG_FILE
+    if not marker.is_file():
+        return None
+    original = read_original(path, json.loads(marker.read_text())["config"])
+    return original if original.convertible else None
+
+
 def choose_model_code(info: Any, args: Any) -> ModelCodeChoice:
     """The path for checkpoint `info` (`loading.CheckpointInfo`) under `args` (module docstring's table)."""
     mode = str(getattr(args, "model_code", None) or "auto")
     if mode not in MODEL_CODE_CHOICES:
         raise UserError(f"--model-code must be one of {', '.join(MODEL_CODE_CHOICES)}, got {mode!r}")
     if not is_original_internvl(info.config):
+        converted_once = converted_folder_original(info.path)
+        if converted_once is not None:
+            return ModelCodeChoice("native", "written by python -m launcher convert: loaded natively, fed as "
+                                             "InternVL feeds its original", converted_once)
         if info.is_remote_code:
             return ModelCodeChoice("remote", "the folder ships its own model code (auto_map)")
         return ModelCodeChoice("native", "a transformers-native checkpoint")
