@@ -661,7 +661,8 @@ def make_adapter(loaded: Any, *, dynamic: bool = False, max_num: int = 6) -> Ada
         from launcher.converted_adapter import ConvertedInternVLAdapter
 
         return ConvertedInternVLAdapter(model, tokenizer, loaded.original, dynamic=dynamic, max_num=max_num,
-                                        conversion_note=loaded.model_code.reason, **common)
+                                        model_code=loaded.model_code.path, conversion_note=loaded.model_code.reason,
+                                        **common)
     if is_internvl_chat_model(model):
         return InternVLChatAdapter(model, tokenizer, dynamic=dynamic, max_num=max_num, **common)
     model_type = getattr(model.config, "model_type", "")
