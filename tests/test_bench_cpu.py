@@ -132,3 +132,20 @@ def test_profile_generate_splits_plain_generate_into_phases(tmp_path):
     assert phased["decode_ms_per_step"] > 0 and phased["tflop_per_item"] > 0
     assert report["floor_items_per_s_at_peak"] > 0 and report["collate_ms_per_item_one_thread"] > 0
     assert Path(report["kernel_profile"]["table_file"]).is_file()
+
+
+def test_convert_speed_compares_converted_at_load_convert_output_and_native(tmp_path):
+    from bench import convert_speed
+
+    out = tmp_path / "convert.json"
+    assert convert_speed.main(["--device", "cpu", "--items", "4", "--batch-size", "2", "--max-new-tokens", "3",
+                               "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["kind"] == "convert_speed"
+    rows = report["rows"]
+    assert [row["adapter"] for row in rows] == ["native_image_text", "internvl_converted", "internvl_converted"]
+    for row in rows:
+        _sane_rate(row)
+        assert row["load_s"] > 0 and "fast_decode" in row["decode"]
+    # The same weights, reached three ways: the two converted folders predict identically.
+    assert rows[1]["agreement_with_convert_output"] == 1.0
