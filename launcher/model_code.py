@@ -97,6 +97,25 @@ def choose_model_code(info: Any, args: Any) -> ModelCodeChoice:
                                         f"(--model-code {mode})", original)
 
 
+def converted_skeleton(args: Any) -> Any:
+    """The meta-device native model an original folder converts to (for `--dry-run`), or None when the
+    checkpoint is not an original folder or will run its own code."""
+    from launcher.loading import inspect_checkpoint
+
+    info = inspect_checkpoint(getattr(args, "checkpoint", None))
+    if not is_original_internvl(info.config):
+        return None
+    choice = choose_model_code(info, args)
+    if choice.path != "converted":
+        return None
+    from launcher.internvl_conversion import empty_native_model, native_config
+    from launcher.internvl_templates import IMG_CONTEXT_TOKEN
+    from launcher.original_tokenizers import load_original_tokenizer
+
+    image_token_id = load_original_tokenizer(info.path).convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    return empty_native_model(native_config(choice.original, image_token_id), torch.bfloat16)
+
+
 def load_converted(args: Any, info: Any, choice: ModelCodeChoice, devices: Sequence[torch.device],
                    dtype: torch.dtype) -> Any:
     """`loading.LoadedModel` of the converted native model on `devices` (one, or K GPUs by the planner)."""

@@ -198,3 +198,10 @@ def test_launch_with_an_unconvertible_folder_is_one_line_and_exit_2(originals, t
     result = launch(["--checkpoint", folder, "--task", "synthetic_shapes", "--data-root", tmp_path])
     assert result.returncode == 2, explain(result)
     assert "GptOssForCausalLM has no conversion" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dry_run_plans_the_converted_model_without_trust_remote_code(originals):
+    result = launch(["--checkpoint", originals["internlm2_6b"], "--task", "synthetic_shapes", "--dry-run",
+                     "--gpus-per-model", "2", "--assume-gpus", "2", "--gpu-memory-gib", "8"])
+    assert result.returncode == 0, explain(result)
+    assert "model.language_model.norm, lm_head" in result.stdout   # the native module names
