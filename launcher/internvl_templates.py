@@ -92,21 +92,13 @@ def system_message_for(config: Mapping[str, Any], template: ConversationTemplate
     return template.system_message
 
 
-def question_with_images(prompt: str, num_images: int) -> str:
-    """The question InternVL's chat sees: `<image>\\n` before the prompt for one image, `Image-k: <image>\\n`
-    lines for several, the prompt as it is when it already holds one `<image>` per image."""
-    if num_images == 0 or prompt.count(IMAGE_PLACEHOLDER) == num_images:
-        return prompt
-    if num_images == 1:
-        return IMAGE_PLACEHOLDER + "\n" + prompt
-    return "".join(f"Image-{i}: {IMAGE_PLACEHOLDER}\n" for i in range(1, num_images + 1)) + prompt
-
-
 def build_query(template: ConversationTemplate, system_message: str, prompt: str,
                 num_patches_list: Sequence[int], num_image_token: int) -> str:
     """InternVL's query for one item: the template's prompt with each `<image>` replaced, in order, by
     `<img>` + `<IMG_CONTEXT>` x (num_image_token x that image's tiles) + `</img>`."""
-    query = template.prompt(question_with_images(prompt, len(num_patches_list)), system_message)
+    from launcher.adapters import internvl_question   # one copy of InternVL's <image> placement rule
+
+    query = template.prompt(internvl_question(prompt, len(num_patches_list)), system_message)
     for num_patches in num_patches_list:
         image_tokens = IMG_START_TOKEN + IMG_CONTEXT_TOKEN * (num_image_token * num_patches) + IMG_END_TOKEN
         query = query.replace(IMAGE_PLACEHOLDER, image_tokens, 1)
