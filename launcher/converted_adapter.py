@@ -55,6 +55,7 @@ class ConvertedInternVLAdapter(Adapter):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
         stop_id = tokenizer.convert_tokens_to_ids(self.stop_text)
         # InternVL's batch_chat passes only the template's stop token as eos; generate and our greedy loop
         # both read it from here.
@@ -75,17 +76,42 @@ class ConvertedInternVLAdapter(Adapter):
 
     def collate(self, items: Sequence[Item], prompts: Sequence[str],
                 images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
-        queries, pixel_parts = [], []
+        queries, pixel_parts, patches_per_item = [], [], []
         for prompt, item_images in zip(prompts, images):
             item_pixels = [self.tile_bytes(image) for image in item_images]
-            queries.append(self.query(prompt, [int(p.shape[0]) for p in item_pixels]))
+            patches_per_item.append([int(p.shape[0]) for p in item_pixels])
+            # One context token per image here; expanded to its tiles' count after tokenisation (below).
+            queries.append(build_query(self.template, self.system_message, prompt, [1] * len(item_pixels), 1))
             pixel_parts.extend(item_pixels)
-        encoded = self.tokenizer(queries, return_tensors="pt", padding=True)
-        tensors = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        rows = [self._expand_image_tokens(ids, patches)
+                for ids, patches in zip(self.tokenizer(queries)["input_ids"], patches_per_item)]
+        width = max(len(row) for row in rows)
+        pad = int(self.tokenizer.pad_token_id)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):   # left padding, as batch_chat's tokenizer call
+            input_ids[index, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            attention_mask[index, width - len(row):] = 1
+        tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
         if pixel_parts:
             tensors["pixel_values"] = torch.cat(pixel_parts)
         return ModelInputs(tensors, len(queries), pixel_normalization=IMAGENET_NORMALIZATION if pixel_parts else None,
-                           pad_values=_token_pad_values(tensors, self.tokenizer.pad_token_id))
+                           pad_values=_token_pad_values(tensors, pad))
+
+    def _expand_image_tokens(self, ids: Sequence[int], num_patches: Sequence[int]) -> list[int]:
+        """`<IMG_CONTEXT>` is an added token, so the tokenizer splits the text at it: a run of them
+        tokenises to the same ids around it as one does. Tokenising one per image and repeating its id
+        gives exactly the ids of InternVL's full query, without scanning thousands of context tokens
+        (136 ms for a 7-tile query with InternLM2's Python tokenizer, here)."""
+        expanded: list[int] = []
+        images = iter(num_patches)
+        for token in ids:
+            patches = next(images, None) if token == self.image_token_id else None
+            if patches is not None:
+                expanded.extend([token] * (self.num_image_token * patches))
+            else:
+                expanded.append(int(token))
+        return expanded
 
     @torch.inference_mode()
     def generate(self, batch: ModelInputs, settings: GenerationSettings) -> list[str]:

@@ -205,3 +205,17 @@ def test_dry_run_plans_the_converted_model_without_trust_remote_code(originals):
                      "--gpus-per-model", "2", "--assume-gpus", "2", "--gpu-memory-gib", "8"])
     assert result.returncode == 0, explain(result)
     assert "model.language_model.norm, lm_head" in result.stdout   # the native module names
+
+
+@pytest.mark.parametrize("kind", ["internlm2_6b", "qwen2_300m"])
+def test_collate_gives_the_ids_of_internvls_full_query(originals, kind):
+    adapter = _adapter(originals[kind], dynamic=True)
+    images = [[noise_image(*SIZES[i], seed=i)] for i in range(len(PROMPTS))] + [[]]
+    prompts = PROMPTS + ["no image here"]
+    batch = adapter.collate([None] * len(prompts), prompts, images)
+    for index, (prompt, item_images) in enumerate(zip(prompts, images)):
+        patches = [adapter.tile_bytes(image).shape[0] for image in item_images]
+        expected = adapter.tokenizer(adapter.query(prompt, patches))["input_ids"]
+        mask = batch.tensors["attention_mask"][index].bool()
+        assert batch.tensors["input_ids"][index][mask].tolist() == expected
+        assert not mask[:mask.numel() - len(expected)].any()       # padded on the left
