@@ -174,6 +174,8 @@ class Adapter:
     """Base class: see the module docstring for the contract of each method."""
 
     name = "adapter"
+    # How an original InternVL folder is run ({"path", "reason"}, launcher/model_code.py); set by the loader.
+    model_code_record: dict[str, str] | None = None
 
     def __init__(self, model: Any, tokenizer: Any, *, dtype: torch.dtype | None = None,
                  device_map: dict[str, Any] | None = None, quantization: str | None = None) -> None:
@@ -204,6 +206,7 @@ class Adapter:
             "device_map": {k: str(v) for k, v in self.device_map.items()},
             "quantization": self.quantization,
             "tokenizer": type(self.tokenizer).__name__,
+            **({"model_code": dict(self.model_code_record)} if self.model_code_record else {}),
         }
 
     def fast_decode_unsupported(self) -> str | None:
@@ -661,7 +664,6 @@ def make_adapter(loaded: Any, *, dynamic: bool = False, max_num: int = 6) -> Ada
         from launcher.converted_adapter import ConvertedInternVLAdapter
 
         return ConvertedInternVLAdapter(model, tokenizer, loaded.original, dynamic=dynamic, max_num=max_num,
-                                        model_code=loaded.model_code.path, conversion_note=loaded.model_code.reason,
                                         **common)
     if is_internvl_chat_model(model):
         return InternVLChatAdapter(model, tokenizer, dynamic=dynamic, max_num=max_num, **common)

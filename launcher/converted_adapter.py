@@ -38,8 +38,7 @@ class ConvertedInternVLAdapter(Adapter):
     name = "internvl_converted"
 
     def __init__(self, model: Any, tokenizer: Any, original: OriginalInternVL, *, dynamic: bool = False,
-                 max_num: int = 6, model_code: str = "converted",
-                 conversion_note: str = "", **kwargs: Any) -> None:
+                 max_num: int = 6, **kwargs: Any) -> None:
         super().__init__(model, tokenizer, **kwargs)
         self.original = original
         template = get_template(original.template_name)
@@ -50,7 +49,6 @@ class ConvertedInternVLAdapter(Adapter):
         self.image_size, self.use_thumbnail = original.image_size, original.use_thumbnail
         self.num_image_token = original.num_image_token
         self.dynamic, self.max_num = dynamic, max_num
-        self.model_code, self.conversion_note = model_code, conversion_note
         self.stop_text = template.stop_text
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -139,8 +137,7 @@ class ConvertedInternVLAdapter(Adapter):
                 "pixel_transfer": _pixel_transfer(IMAGENET_NORMALIZATION), "image_size": self.image_size,
                 "use_thumbnail": self.use_thumbnail, "dynamic": self.dynamic, "max_num": self.max_num,
                 "template": self.template.name, "decode": self._decode_description(),
-                "model_code": {"path": self.model_code, "llm": self.original.llm_architecture,
-                               "reason": self.conversion_note}}
+                "llm": self.original.llm_architecture}
 
 
 __all__ = ["ConvertedInternVLAdapter", "IMG_CONTEXT_TOKEN"]

@@ -425,5 +425,9 @@ def load_adapter(args: Any, devices: Sequence[torch.device] | None = None) -> An
     from launcher.adapters import make_adapter
 
     loaded = load_model(args, devices if devices else getattr(args, "devices", None))
-    return make_adapter(loaded, dynamic=bool(getattr(args, "dynamic", False)),
-                        max_num=int(getattr(args, "max_num", 6) or 6))
+    adapter = make_adapter(loaded, dynamic=bool(getattr(args, "dynamic", False)),
+                           max_num=int(getattr(args, "max_num", 6) or 6))
+    choice = loaded.model_code
+    if choice is not None and choice.original is not None:   # run.json says how an original folder ran, and why
+        adapter.model_code_record = {"path": choice.path, "reason": choice.reason}
+    return adapter

@@ -28,11 +28,18 @@ def originals(tmp_path_factory) -> dict[str, Path]:
     return {kind: build_original_folder(root / kind, kind, seed=3) for kind in ("internlm2_6b", "qwen2_300m")}
 
 
+_LOADED: dict[tuple[str, bool], object] = {}
+
+
 def _adapter(folder: Path, dynamic: bool, **overrides):
+    """The adapter of `folder` (loaded once per folder and tiling for this module's tests)."""
     from launcher.loading import load_adapter
 
-    return load_adapter(make_args(folder, dtype="float32", dynamic=dynamic, max_num=4, **overrides),
-                        [torch.device("cpu")])
+    key = (str(folder), dynamic)
+    if key not in _LOADED or overrides:
+        _LOADED[key] = load_adapter(make_args(folder, dtype="float32", dynamic=dynamic, max_num=4, **overrides),
+                                    [torch.device("cpu")])
+    return _LOADED[key]
 
 
 def _reference_tokens(folder: Path, adapter, max_new_tokens: int = 8) -> list[list[int]]:
