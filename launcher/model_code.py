@@ -148,6 +148,11 @@ def load_converted(args: Any, info: Any, choice: ModelCodeChoice, devices: Seque
         from accelerate import dispatch_model
 
         model = dispatch_model(model, device_map=device_map)
+    # generate() stops where InternVL's chat stops: the template's stop token (as `convert` writes it too).
+    from launcher.internvl_templates import get_template
+
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(get_template(original.template_name).stop_text)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, devices=list(devices), dtype=dtype,
                        device_map=dict(device_map), quantization=None, original=original,
                        model_code=choice)
