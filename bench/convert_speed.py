@@ -17,7 +17,8 @@ of `python -m launcher convert original/ converted/` (converted once: a native c
 launcher feeds as its original), and `native/` (transformers' processor path). For each: load seconds,
 and items/s of generation through the product's decode path (`--decode auto`: the CUDA-graph greedy
 loop on a GPU) over batches collated beforehand (preprocessing is not timed: the model path is what
-differs), after one warm-up batch; and the new tokens' agreement with the native model's.
+differs), after two warm-up batches (the second captures the CUDA graph); and the new tokens' agreement
+with the native model's. Folders are deleted once measured (at most two copies of the weights on disk).
 
 Prints a table and writes JSON (`--out`).
 """
@@ -171,8 +172,7 @@ def measure(folder: Path, label: str, args: argparse.Namespace, synthetic: Any, 
     row = {"mode": label, "adapter": described["adapter"], "decode": described["decode"],
            "load_s": round(load_seconds, 2), **run}
     del adapter, batches
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    _free_memory()
     return row
 
 
@@ -195,20 +195,20 @@ def run_shape(shape: str, args: argparse.Namespace, workdir: Path) -> list[dict[
     write_seconds = time.perf_counter() - started
     model.save_pretrained(folders["native"])
     del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    _free_memory()
+    _native_processor_files(folders["original"], folders["native"], processor.tokenizer)
+    synthetic = make_set("realistic", args.items, 448 if shape != "tiny" else 56, seed=0)
+    prompts = [BenchTask().prompt(item) for item in synthetic.items]
+    # Each folder is removed once measured, so that at most two copies of the weights sit on disk (8b: 32 GB).
+    rows = [measure(folders["native"], "native (save_pretrained, processor)", args, synthetic, prompts, device)]
+    _remove(folders["native"], args)
+    rows.append(measure(folders["original"], "original folder, converted at load", args, synthetic, prompts, device))
     started = time.perf_counter()
     convert_checkpoint(folders["original"], folders["converted"], overwrite=True)
     convert_seconds = time.perf_counter() - started
-    # The native folder gets the processor files `convert` writes (tokenizer, GotOcr2 settings, template).
-    for file in folders["converted"].iterdir():
-        if not file.name.startswith("model") and file.name not in ("config.json", "internvl_original.json"):
-            shutil.copy2(file, folders["native"] / file.name)
-    synthetic = make_set("realistic", args.items, 448 if shape != "tiny" else 56, seed=0)
-    prompts = [BenchTask().prompt(item) for item in synthetic.items]
-    rows = [measure(folders["native"], "native (save_pretrained, processor)", args, synthetic, prompts, device),
-            measure(folders["original"], "original folder, converted at load", args, synthetic, prompts, device),
-            measure(folders["converted"], "launcher convert output", args, synthetic, prompts, device)]
+    _remove(folders["original"], args)
+    rows.append(measure(folders["converted"], "launcher convert output", args, synthetic, prompts, device))
+    _remove(folders["converted"], args)
     reference = rows[0]["tokens"]
     for row in rows:
         row.update(shape=shape, batch_size=args.batch_size, agreement_with_native=_agreement(reference, row["tokens"]),
@@ -216,9 +216,36 @@ def run_shape(shape: str, args: argparse.Namespace, workdir: Path) -> list[dict[
     rows[1]["agreement_with_convert_output"] = _agreement(rows[2]["tokens"], rows[1]["tokens"])
     for row in rows:
         row.pop("tokens")
-    if not args.keep:
-        shutil.rmtree(workdir / shape, ignore_errors=True)
     return rows
+
+
+def _native_processor_files(original_folder: Path, native_folder: Path, tokenizer: Any) -> None:
+    """Tokenizer, generation config and processor files for the natively saved model (as `convert` writes)."""
+    from transformers import GenerationConfig
+
+    from launcher.convert_command import write_processor_files
+    from launcher.internvl_conversion import read_original
+    from launcher.internvl_templates import get_template, system_message_for
+
+    original = read_original(original_folder)
+    template = get_template(original.template_name)
+    tokenizer.save_pretrained(native_folder)
+    GenerationConfig(eos_token_id=tokenizer.convert_tokens_to_ids(template.stop_text),
+                     pad_token_id=tokenizer.pad_token_id).save_pretrained(native_folder)
+    write_processor_files(native_folder, original, template, system_message_for(original.config, template))
+
+
+def _remove(folder: Path, args: argparse.Namespace) -> None:
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -7,8 +7,8 @@
 # models on GPU 0, writes each in our imitation of OpenGVLab's original layout and natively, converts the
 # original once with `python -m launcher convert`, and measures load time and items/s through the
 # product's decode path (CUDA-graph greedy loop) for the three folders (bench/convert_speed.py).
-# Writes $OUT/convert_speed.json and $OUT/convert_speed.log. Needs about 40 GB of free disk for 8b
-# (scratch under BENCH_SCRATCH, default /tmp). About 5 minutes on one H200.
+# Writes $OUT/convert_speed.json and $OUT/convert_speed.log. Needs about 35 GB of free disk for 8b
+# (at most two copies of the 8b weights at a time; scratch under BENCH_SCRATCH, default /tmp). About 5 minutes on one H200.
 # BENCH_DEVICE=cpu runs it with the tiny shape on the CPU (a check of this script).
 set -euo pipefail
 OUT=${OUT:-bench/out}

@@ -119,12 +119,13 @@ def convert_checkpoint(source: str | Path, destination: str | Path, *, overwrite
     for file in _TOKENIZER_FILES:
         if (info.path / file).is_file():
             shutil.copy2(info.path / file, out / file)
-    _write_processor_files(out, original, template, system_message)
+    write_processor_files(out, original, template, system_message)
     atomic_write_json(out / ORIGINAL_CONFIG_FILE, {"source": str(info.path), "config": original.config})
     return out
 
 
-def _write_processor_files(out: Path, original: Any, template: Any, system_message: str) -> None:
+def write_processor_files(out: Path, original: Any, template: Any, system_message: str) -> None:
+    """preprocessor_config.json, processor_config.json and chat_template.jinja of a converted folder."""
     from launcher.tiling import IMAGENET_MEAN, IMAGENET_STD
 
     atomic_write_json(out / "preprocessor_config.json", {
@@ -155,4 +156,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["convert_checkpoint", "chat_template_jinja", "ORIGINAL_CONFIG_FILE", "main"]
+__all__ = ["convert_checkpoint", "chat_template_jinja", "write_processor_files", "ORIGINAL_CONFIG_FILE", "main"]
