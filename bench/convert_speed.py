@@ -271,15 +271,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="convert_speed_"))
-    rows = []
-    for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
-        rows.extend(run_shape(shape, args, workdir))
+    rows: list[dict[str, Any]] = []
     report = {"kind": "convert_speed", "device": args.device, "dtype": args.dtype, "items": args.items,
               "max_new_tokens": args.max_new_tokens, "versions": {"torch": torch.__version__,
                                                                   "transformers": transformers.__version__},
               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "rows": rows}
-    print_table(rows, ["shape", "mode", "adapter", "load_s", "items", "items_per_s", "agreement_with_native", "decode"])
-    write_report(args.out, report)
+    for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
+        rows.extend(run_shape(shape, args, workdir))
+        write_report(args.out, report)      # after each shape: a later shape's timeout keeps the earlier rows
+        print_table(rows, ["shape", "mode", "adapter", "load_s", "items", "items_per_s", "agreement_with_native",
+                           "decode"])
     if args.workdir is None and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
