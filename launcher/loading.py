@@ -388,7 +388,8 @@ def load_model(args: Any, devices: Sequence[torch.device] | None = None) -> Load
         kwargs.update(prepare_remote_code(info.path, info.config))
     try:
         model = model_class.from_pretrained(str(info.path), **kwargs)
-        if choice.original is not None and choice.path == "native":   # written by `launcher convert`
+        # Original folders (and `launcher convert` output): tokenizers with InternVL 4.37 slow behaviour.
+        if choice.original is not None and choice.path in ("native", "remote"):
             from launcher.original_tokenizers import load_original_tokenizer
 
             tokenizer = load_original_tokenizer(info.path)
