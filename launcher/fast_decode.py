@@ -178,6 +178,9 @@ def unsupported_reason(model: Any) -> str | None:
     if getattr(config, "is_encoder_decoder", False):
         return "encoder-decoder models are not supported"
     text_config = config.get_text_config(decoder=True)
+    if getattr(text_config, "cross_attention_layers", None):
+        return ("cross-attention layers (Mllama): the decode step would need the image's cross-attention states "
+                "and mask, which only generate carries")
     attention = getattr(text_config, "_attn_implementation", None) or "eager"
     if attention not in ("sdpa", "eager"):
         return f"attention implementation {attention!r}: only 'sdpa' and 'eager' take the step's 4D mask"
@@ -203,6 +206,21 @@ def prompt_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """generate's position ids for a left-padded prompt: `cumsum(mask) - 1`, 0 where the mask is 0."""
     position_ids = attention_mask.long().cumsum(-1) - 1
     return position_ids.masked_fill(attention_mask == 0, 0)
+
+
+def generation_position_ids(model: Any, inputs: Mapping[str, torch.Tensor], attention_mask: torch.Tensor
+                            ) -> torch.Tensor:
+    """The prompt's position ids exactly as `generate` prepares them: the model's own
+    `_prepare_position_ids_for_generation` (transformers 5.x), which M-RoPE models (Qwen2-VL, Qwen2.5-VL,
+    Qwen3-VL, GLM-4.1V) override to return `[4, B, L]`: the 1-D text positions, then the temporal, height and
+    width positions of `get_rope_index` (image tokens on a grid, text after them continuing from the largest
+    position). Other models give `cumsum(mask) - 1`; without the method (older transformers), that too."""
+    prepare = getattr(model, "_prepare_position_ids_for_generation", None)
+    if prepare is None:
+        return prompt_position_ids(attention_mask)
+    model_kwargs = {key: value for key, value in inputs.items() if key not in ("input_ids", "position_ids")}
+    model_kwargs["attention_mask"] = attention_mask
+    return prepare(inputs["input_ids"], model_kwargs)
 
 
 def bucketed_cache_length(prompt_length: int, max_new_tokens: int, length_bucket: int) -> int:
@@ -246,7 +264,7 @@ class _Shape:
     cache_length: int
     cache: Any
     tokens: torch.Tensor            # [B, 1] the token the next step consumes
-    positions: torch.Tensor         # [B, 1] its position id
+    positions: torch.Tensor         # [B, 1] its position id; [C, B, 1] for M-RoPE (generate's channels)
     write_index: torch.Tensor       # [1] the cache column the next step writes (= the cache's own counter)
     step_index: torch.Tensor        # [1] the output column the next step fills
     mask: torch.Tensor              # [B, 1, 1, cache_length]: bool (SDPA) or additive (eager), see _mask_values
@@ -364,9 +382,12 @@ class GreedyDecoder:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         cache_length = bucketed_cache_length(prompt_length, max_new_tokens, self.length_bucket)
-        shape = self._shape(batch_size, cache_length)
         self._mark_time(0)
-        first_tokens, start_positions = self._prefill(shape, inputs, attention_mask)
+        position_ids = inputs.get("position_ids")
+        if position_ids is None:
+            position_ids = generation_position_ids(self.model, inputs, attention_mask)
+        shape = self._shape(batch_size, cache_length, tuple(position_ids.shape[:-2]))
+        first_tokens, start_positions = self._prefill(shape, inputs, attention_mask, position_ids)
         shape.armed = {"first_tokens": first_tokens, "start_positions": start_positions,
                        "prompt_mask": attention_mask.to(self.device, torch.bool), "prompt_length": prompt_length,
                        "max_new_tokens": max_new_tokens}
@@ -384,7 +405,7 @@ class GreedyDecoder:
 
     # -- shapes -------------------------------------------------------------------------------------
 
-    def _shape(self, batch_size: int, cache_length: int) -> _Shape:
+    def _shape(self, batch_size: int, cache_length: int, position_channels: tuple[int, ...] = ()) -> _Shape:
         key = (batch_size, cache_length)
         if key in self._shapes:
             self._shapes.move_to_end(key)
@@ -400,7 +421,7 @@ class GreedyDecoder:
             batch_size=batch_size, cache_length=cache_length,
             cache=StaticCache(config=self.model.config, max_cache_len=cache_length),
             tokens=torch.zeros((batch_size, 1), dtype=torch.long, device=device),
-            positions=torch.zeros((batch_size, 1), dtype=torch.long, device=device),
+            positions=torch.zeros((*position_channels, batch_size, 1), dtype=torch.long, device=device),
             write_index=torch.zeros((1,), dtype=torch.long, device=device),
             step_index=torch.zeros((1,), dtype=torch.long, device=device),
             mask=torch.zeros((batch_size, 1, 1, cache_length), dtype=self._mask_dtype, device=device),
@@ -415,12 +436,11 @@ class GreedyDecoder:
 
     # -- prefill, arm, step -------------------------------------------------------------------------
 
-    def _prefill(self, shape: _Shape, inputs: Mapping[str, torch.Tensor],
-                 attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the full model over the prompt into the static cache; the first tokens and next positions."""
-        position_ids = inputs.get("position_ids")
-        if position_ids is None:
-            position_ids = prompt_position_ids(attention_mask)
+    def _prefill(self, shape: _Shape, inputs: Mapping[str, torch.Tensor], attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the full model over the prompt into the static cache; the first tokens and next positions
+        (`[B, 1]`, or `[C, B, 1]` for M-RoPE: each channel continues from the prompt's last position, as
+        generate extends `position_ids` by one per step)."""
         model_inputs = {key: value for key, value in inputs.items() if key not in ("attention_mask", "position_ids")}
         # generate drops an all-ones mask (no padding): SDPA then runs its causal path over the prompt only.
         prefill_mask = None if bool((attention_mask == 1).all()) else attention_mask
@@ -428,7 +448,7 @@ class GreedyDecoder:
                             use_cache=True, logits_to_keep=1, return_dict=True,
                             **{self._model_cache_keyword: shape.cache})
         first_tokens = output.logits[:, -1, :].argmax(-1).to(self.device)
-        start_positions = position_ids[:, -1:].to(self.device) + 1
+        start_positions = position_ids[..., -1:].to(self.device) + 1
         return first_tokens, start_positions
 
     def _arm(self, shape: _Shape) -> None:
