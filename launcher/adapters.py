@@ -77,6 +77,9 @@ class ModelInputs:
     extra: dict[str, Any] = field(default_factory=dict)
     pixel_normalization: PixelNormalization | None = None
     pad_values: dict[str, int] = field(default_factory=dict)   # left-padded [rows, length, ...] tensors
+    # Per-item tensors [rows, slots, ...] whose empty slots the processor does not fill with zeros: the value of
+    # one empty slot (Mllama's aspect_ratio_mask marks tile 0 of an absent image valid).
+    slot_fill: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.size
@@ -99,7 +102,8 @@ class ModelInputs:
         * every other tensor is concatenated on its first dimension (rows, images, tiles or patches), each
           part right-padded with zeros in the dimensions where parts differ: the patches of LLaVA-NeXT /
           OneVision, the images and tile sizes of Idefics3 / SmolVLM and their pixel masks, Mllama's images,
-          tiles and aspect ratios. Processors pad those with zeros at the end too.
+          tiles and aspect ratios. Processors pad those with zeros at the end too, except in the empty slots
+          named in `slot_fill`, which get that value (as the processor writes it).
 
         List extras (one entry per item) are chained. The result is written straight into pinned memory when
         `pin_memory`, the one copy the join costs. Whether the join equals one collate is checked per family
@@ -129,6 +133,12 @@ class ModelInputs:
                     else:
                         target.append(slice(0, size))
                 joined[tuple(target)] = piece
+                slot = first.slot_fill.get(name)
+                if slot is not None and piece.shape[1] < trailing[0]:
+                    empty = joined[row:row + piece.shape[0], piece.shape[1]:]
+                    region = tuple(slice(0, min(a, b)) for a, b in zip(empty.shape[2:], slot.shape))
+                    empty.zero_()
+                    empty[(slice(None), slice(None), *region)] = slot[region]
                 row += piece.shape[0]
             tensors[name] = joined
         extra = {key: [value for part in parts for value in part.extra[key]] for key in first.extra}
@@ -385,22 +395,30 @@ def _processor_class(path: Any, model_type: str) -> Any:
 
 
 def load_processor(path: str, tokenizer: Any, model_config: Any) -> Any:
-    """The checkpoint's processor: `AutoProcessor`, else the same processor class built from its saved parts
-    with the video processor left out (`VideoProcessorLeftOut`): what transformers builds where torchvision
-    is installed, less the video part, which images never use. A processor that needs a missing package for
-    images (torchvision for Pixtral, num2words for SmolVLM) is a UserError naming it."""
-    import inspect
-    import json
-    from pathlib import Path
-
+    """The checkpoint's processor: `AutoProcessor`, else `build_processor_without_video` (no torchvision)."""
     from transformers import AutoProcessor
 
     try:
         return AutoProcessor.from_pretrained(path)
     except (ImportError, ValueError, TypeError, AttributeError, OSError) as error:
-        first_error = error
+        return build_processor_without_video(path, tokenizer, str(getattr(model_config, "model_type", "")),
+                                             reason=error)
+
+
+def build_processor_without_video(path: str, tokenizer: Any, model_type: str,
+                                  reason: BaseException | None = None) -> Any:
+    """The checkpoint's processor class built from its saved parts with the video processor left out
+    (`VideoProcessorLeftOut`): what `AutoProcessor` builds where torchvision is installed, less the video
+    part, which images never use. The class comes from processor_config.json (else transformers' mapping
+    of the model type), its settings from that file, the chat template from chat_template.jinja / .json
+    (else the tokenizer's). A processor that needs a missing package for images (torchvision for
+    Pixtral, num2words for SmolVLM) is a UserError naming it; `reason` is why AutoProcessor failed."""
+    import inspect
+    import json
+    from pathlib import Path
+
     folder = Path(path)
-    processor_class = _processor_class(folder, str(getattr(model_config, "model_type", "")))
+    processor_class = _processor_class(folder, model_type)
     parts: dict[str, Any] = {}
     for attribute in processor_class.get_attributes():
         if attribute == "tokenizer":
@@ -411,7 +429,7 @@ def load_processor(path: str, tokenizer: Any, model_config: Any) -> Any:
             parts[attribute] = VideoProcessorLeftOut()
         else:
             raise UserError(f"--checkpoint {path}: {processor_class.__name__} needs a {attribute}, which cannot "
-                            f"be built here ({type(first_error).__name__}: {first_error})")
+                            f"be built here" + (f" ({type(reason).__name__}: {reason})" if reason else ""))
     settings_file = folder / "processor_config.json"
     settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
     accepted = inspect.signature(processor_class.__init__).parameters
@@ -481,6 +499,8 @@ class NativeImageTextAdapter(Adapter):
         self.model_input_names = frozenset(inspect.signature(model.forward).parameters) - _NOT_MODEL_INPUTS
         # None: collate ships the processor's float32 pixel values as they are.
         self.pixel_normalization = self.deferred_normalization()
+        self._slot_fill: dict[str, torch.Tensor] = {}
+        self._slot_fill = self._probe_slot_fill()
         self.capabilities = self._decide_capabilities()
 
     # -- prompts and processor ----------------------------------------------------------------------
@@ -547,12 +567,17 @@ class NativeImageTextAdapter(Adapter):
 
     def collate(self, items: Sequence[Item], prompts: Sequence[str],
                 images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
+        from transformers.image_utils import load_image
+
         texts = [self.text(prompt, len(item_images)) for prompt, item_images in zip(prompts, images)]
+        # What apply_chat_template does to every image of a conversation: EXIF orientation applied, RGB.
+        images = [[load_image(image) for image in item_images] for item_images in images]
         has_images = any(len(item_images) for item_images in images)
         encoded = self.encode(texts, images, as_bytes=self.pixel_normalization is not None)
         tensors = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor) and k in self.model_input_names}
         return ModelInputs(tensors, len(texts), pixel_normalization=self.pixel_normalization if has_images else None,
-                           pad_values=_token_pad_values(tensors, self.tokenizer.pad_token_id))
+                           pad_values=_token_pad_values(tensors, self.tokenizer.pad_token_id),
+                           slot_fill={name: fill for name, fill in self._slot_fill.items() if name in tensors})
 
     # -- capabilities -------------------------------------------------------------------------------
 
@@ -573,16 +598,42 @@ class NativeImageTextAdapter(Adapter):
     def _template_writes_bos(self) -> bool:
         return not self._adds_special_tokens([self.text("describe the image", 1)])
 
-    def _probe_chunk_join(self) -> tuple[bool, str]:
-        """Whether `ModelInputs.join` of chunks equals one collate of the whole batch for this processor:
-        three probe items of different image sizes and prompt lengths, joined from single-item chunks."""
+    def _probe_items(self) -> tuple[list[Item], list[str], list[list[Image.Image]]]:
+        """Three items of different prompt lengths and image sizes, the last with two images."""
         probes = _probe_images(getattr(getattr(self.processor, "image_processor", None), "size", None))
-        probes.append(probes[0].resize((max(1, probes[0].width // 2), probes[0].height)))
+        small = probes[0].resize((max(1, probes[0].width // 2), probes[0].height))
         prompts = ["describe the image", "what is the colour of the largest shape in the picture ?", "count"]
         items = [Item(id=str(index), question=prompt) for index, prompt in enumerate(prompts)]
+        return items, prompts, [[probes[0]], [probes[1]], [small, probes[0]]]
+
+    def _probe_slot_fill(self) -> dict[str, torch.Tensor]:
+        """What the processor writes in an empty per-item slot (an image slot of a one-image item batched with a
+        two-image item) where that is not zeros: the join fills empty slots the same way."""
+        items, prompts, images = self._probe_items()
         try:
-            whole = self.collate(items, prompts, [[image] for image in probes])
-            parts = [self.collate([item], [prompt], [[image]]) for item, prompt, image in zip(items, prompts, probes)]
+            batch = self.collate([items[0], items[2]], [prompts[0], prompts[2]], [images[0], images[2]])
+            single = self.collate([items[0]], [prompts[0]], [images[0]])
+        except Exception:           # nothing to learn; the chunk-join probe decides what happens
+            return {}
+        fills = {}
+        for name, tensor in batch.tensors.items():
+            alone = single.tensors.get(name)
+            if (name in batch.pad_values or alone is None or tensor.dim() < 3 or tensor.shape[0] != 2
+                    or alone.shape[1] >= tensor.shape[1]):
+                continue
+            empty = tensor[0, alone.shape[1]]
+            if bool(empty.any()):
+                fills[name] = empty.clone()
+        return fills
+
+    def _probe_chunk_join(self) -> tuple[bool, str]:
+        """Whether `ModelInputs.join` of chunks equals one collate of the whole batch for this processor:
+        the probe items (`_probe_items`), joined from single-item chunks."""
+        items, prompts, images = self._probe_items()
+        try:
+            whole = self.collate(items, prompts, images)
+            parts = [self.collate([item], [prompt], [image_list])
+                     for item, prompt, image_list in zip(items, prompts, images)]
             joined = ModelInputs.join(parts)
             same = whole.tensors.keys() == joined.tensors.keys() and all(
                 torch.equal(whole.tensors[name], joined.tensors[name]) for name in whole.tensors)
@@ -592,8 +643,10 @@ class NativeImageTextAdapter(Adapter):
             return False, "one piece per batch (joined chunks differ from one collate)"
         padded = sorted(name for name, tensor in whole.tensors.items() if name not in whole.pad_values
                         and any(part.tensors[name].shape[1:] != tensor.shape[1:] for part in parts))
+        filled = f" (empty slots of {', '.join(sorted(self._slot_fill))} filled as the processor fills them)" \
+            if self._slot_fill else ""
         return True, "joined: token tensors left-padded, " + (
-            f"{', '.join(padded)} padded to the largest chunk" if padded else "other tensors concatenated")
+            f"{', '.join(padded)} padded to the largest chunk" if padded else "other tensors concatenated") + filled
 
     def fast_decode_unsupported(self) -> str | None:
         reason = super().fast_decode_unsupported()

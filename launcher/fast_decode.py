@@ -240,12 +240,14 @@ def _mask_values(text_config: Any, dtype: torch.dtype) -> tuple[torch.dtype, Any
 
 
 def _decoder_and_head(model: Any) -> tuple[Any, Any]:
-    """The text decoder (`model.model.language_model`, or `model.model` for a causal LM) and `lm_head`."""
+    """The text decoder (`model.model.language_model`; `model.model.text_model` in Idefics3 / SmolVLM;
+    `model.model` for a causal LM) and `lm_head`."""
     inner = getattr(model, "model", None)
-    decoder = getattr(inner, "language_model", None) or inner
+    decoder = getattr(inner, "language_model", None) or getattr(inner, "text_model", None) or inner
     head = getattr(model, "lm_head", None)
     if decoder is None or head is None or not hasattr(decoder, "layers"):
-        raise FastDecodeError(f"{type(model).__name__}: expected `model.model.language_model` (or `model.model`) "
+        raise FastDecodeError(f"{type(model).__name__}: expected `model.model.language_model` (or `text_model`, "
+                              "or `model.model`) "
                               "with decoder `layers` and `model.lm_head`")
     return decoder, head
 
