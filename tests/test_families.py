@@ -10,10 +10,11 @@ processor (Qwen2/2.5/3-VL, LLaVA-OneVision, SmolVLM, InternVL, GLM-4.1V) cannot 
 without torchvision, and come from `launcher.adapters.load_processor`: the family's own processor class with
 the video part left out (checked against `AutoProcessor` where both work, below).
 
-Configurations (CI has two cores, so not the full product): in process, the adapter exactly as a rank with
-`--num-workers 0` runs it (one collate and one generate per batch of 3, fast decode and `generate`), and one
-real `torchrun` run per family with 2 ranks, 3 preprocessing workers (chunks joined) and batch 3; the plain
-single-process run without workers once, for Qwen2-VL.
+Configurations (CI has two cores, so not the full product): in process, every family exactly as a rank with
+`--num-workers 0` runs it (one collate and one generate per batch of 3, fast decode and `generate`), chunks
+joined as workers prepare them; and one real launcher run per family at batch 3: `torchrun` with 2 ranks and
+3 preprocessing workers for the families with their own padded layouts, one process without workers for the
+others (`TWO_RANKS_THREE_WORKERS`).
 """
 from __future__ import annotations
 
@@ -254,22 +255,22 @@ def check_run(name: str, out_dir: Path, expected: list[str], processes: int) -> 
     assert record["joins_chunks"] is True
 
 
+# One real run per family (CI has two cores: not the full product). The families whose batches have their own
+# padded layouts run with 2 ranks and 3 workers (chunks joined); the others as one process without workers.
+TWO_RANKS_THREE_WORKERS = {"qwen2_vl", "llava_next", "llava_onevision", "idefics3", "smolvlm", "mllama", "gemma3"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TESTED)
-def test_family_two_ranks_three_workers_equal_plain_transformers(name, family_checkpoint, family_data, tmp_path):
+def test_family_launcher_run_equals_plain_transformers(name, family_checkpoint, family_data, tmp_path):
     checkpoint = family_checkpoint(name)
     expected = plain_transformers(name, checkpoint, family_data)
-    result = torchrun(2, run_args(name, checkpoint, family_data, tmp_path, workers=3))
+    if name in TWO_RANKS_THREE_WORKERS:
+        result, processes = torchrun(2, run_args(name, checkpoint, family_data, tmp_path, workers=3)), 2
+    else:
+        result, processes = launch(run_args(name, checkpoint, family_data, tmp_path, workers=0)), 1
     assert result.returncode == 0, explain(result)
-    check_run(name, tmp_path, expected, processes=2)
-
-
-@pytest.mark.slow
-def test_family_one_process_without_workers_equals_plain_transformers(family_checkpoint, family_data, tmp_path):
-    checkpoint = family_checkpoint("qwen2_vl")
-    result = launch(run_args("qwen2_vl", checkpoint, family_data, tmp_path, workers=0))
-    assert result.returncode == 0, explain(result)
-    check_run("qwen2_vl", tmp_path, plain_transformers("qwen2_vl", checkpoint, family_data), processes=1)
+    check_run(name, tmp_path, expected, processes=processes)
 
 
 # ------------------------------------------------------------------------------------------------
