@@ -17,10 +17,17 @@ construction shows its processor's bytes, normalised by us, equal its own float 
 
 Adapters:
 
-* `NativeImageTextAdapter`: transformers-native image-text-to-text models (InternVL `-hf`, LLaVA,
-  Qwen2-VL, ...): the processor's chat template (one image part per image, then the prompt), the
-  processor, `model.generate`. InternVL's `--dynamic --max-num M` reach its processor through
-  `tiling.native_processor_kwargs`.
+* `NativeImageTextAdapter`: transformers-native image-text-to-text models (the families of
+  `launcher.tiny_families`: Qwen2/2.5/3-VL, LLaVA, LLaVA-NeXT, LLaVA-OneVision, Idefics3, SmolVLM, Gemma 3,
+  PaliGemma, Mllama, InternVL `-hf`, Aya Vision, GLM-4.1V): inputs exactly as
+  `processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)`
+  builds them (the template rendered, no special tokens added when it wrote BOS itself, images EXIF-rotated
+  and given to the processor as one list per item), PaliGemma's model-card prompt where there is no chat
+  template, only the tensors `generate` takes (no `labels`), then `model.generate` or our greedy loop. What
+  the adapter does for a family (prompt, images, chunk joining, fast decoding) is decided once at load
+  (`FamilyCapabilities`, probed, not assumed) and recorded in run.json. Processors whose video processor
+  needs torchvision are built with it left out (`build_processor_without_video`). InternVL's `--dynamic
+  --max-num M` reach its processor through `tiling.native_processor_kwargs`.
 * `InternVLChatAdapter`: remote-code InternVLChatModel checkpoints. Tiling by `launcher.tiling`
   (InternVL's `dynamic_preprocess` + `build_transform`), the query built exactly as InternVL's
   `chat` / `batch_chat` build it (the model's own conversation template and system message,

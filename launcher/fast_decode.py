@@ -17,16 +17,20 @@ Capture takes 0.1-0.15 s per shape.
 
 Use it only where `generate` would decode greedily (num_beams 1, no sampling) and where
 `unsupported_reason(model)` returns None (no logits processors in the generation config, SDPA or
-eager attention, full-attention layers only, one device). The caller chooses between this and
+eager attention, full-attention layers only, no cross-attention layers, one device). Image-text families are
+further limited to those proven equal by tests (`launcher.adapters.FAST_DECODE_PROVEN`). The caller chooses between this and
 `generate`; nothing here falls back silently: a failed capture raises `FastDecodeError`.
 
 What it computes, and why it equals `generate` (transformers 5.2x, `_sample` + `prepare_inputs_for_generation`):
 
 1. Prefill: one call of the full model (`model(**inputs, cache=StaticCache, position_ids=...,
    logits_to_keep=1)`: vision tower, projector and the language model over the prompt). Position ids
-   are generate's: `attention_mask.cumsum(-1) - 1`, set to 0 where the mask is 0; an all-ones mask is
-   dropped as generate drops it (SDPA then takes its causal path). The first token is the argmax of the
-   last position's logits.
+   are generate's own (`generation_position_ids`: the model's `_prepare_position_ids_for_generation`):
+   `attention_mask.cumsum(-1) - 1`, set to 0 where the mask is 0, for most models; `[4, B, L]` for M-RoPE
+   models (Qwen2/2.5/3-VL, GLM-4.1V: text positions, then temporal / height / width positions of the image
+   grid); an all-ones mask is dropped as generate drops it (SDPA then takes its causal path). The first token
+   is the argmax of the last position's logits. Each decode step then continues every position channel by
+   one from the prompt's last position, as generate extends `position_ids`.
 2. Decode step: `model.model.language_model(input_ids [B, 1], position_ids [B, 1], cache,
    attention_mask [B, 1, 1, cache_length])`, `model.lm_head` on the last hidden state, argmax;
    rows that have emitted EOS get `pad_token_id` (generate's `next_tokens * unfinished + pad * (1 -

@@ -229,7 +229,9 @@ MLLAMA_TEMPLATE = (
     "{% else %}{% set system = none %}{% set turns = messages %}{% endif %}"
     "{% if system is not none or not state.images %}"
     "<|start_header_id|>system<|end_header_id|>\n\n"
-    "Cutting Knowledge Date: December 2023\nToday Date: {{ date_string | default('26 Jul 2024') }}\n\n"
+    "Cutting Knowledge Date: December 2023\nToday Date: "
+    "{{ date_string if date_string is defined else (strftime_now('%d %b %Y') if strftime_now is defined "
+    "else '26 Jul 2024') }}\n\n"
     "{{ system or '' }}<|eot_id|>"
     "{% endif %}"
     "{% for message in turns %}"
@@ -288,16 +290,30 @@ GLM4V_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
-# Mistral Small 3.1 (Mistral3): BOS by the template, "[INST]...[IMG]...[/INST]".
+# Mistral Small 3.1 (Mistral3): BOS by the template, then always a system prompt (the model's default one,
+# dated today, when the conversation has none), then "[INST]...[IMG]...[/INST]" turns.
+MISTRAL3_DEFAULT_SYSTEM = (
+    "You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI, a French startup "
+    "headquartered in Paris.\nYour knowledge base was last updated on 2023-10-01. The current date is "
+    "\" + strftime_now('%Y-%m-%d') + \".\n\nWhen you're not sure about some information, you say that you don't "
+    "have the information and don't make up anything.\nIf the user's question is not clear, ambiguous, or does "
+    "not provide enough context for you to accurately answer the question, you do not try to answer it right "
+    "away and you rather ask the user to clarify their request (e.g. \\\"What are some good restaurants around "
+    "me?\\\" => \\\"Where are you?\\\" or \\\"When is the next flight to Tokyo\\\" => \\\"Where do you travel "
+    "from?\\\")"
+)
 MISTRAL3_TEMPLATE = (
     "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message.role == 'system' %}[SYSTEM_PROMPT]"
-    "{{ message.content if message.content is string else message.content[0].text }}[/SYSTEM_PROMPT]"
-    "{% elif message.role == 'user' %}[INST]"
+    "{% if messages[0].role == 'system' %}"
+    "{% set system = messages[0].content if messages[0].content is string else messages[0].content[0].text %}"
+    "{% set turns = messages[1:] %}"
+    "{% else %}{% set system = \"" + MISTRAL3_DEFAULT_SYSTEM + "\" %}{% set turns = messages %}{% endif %}"
+    "[SYSTEM_PROMPT]{{ system }}[/SYSTEM_PROMPT]"
+    "{% for message in turns %}"
+    "{% if message.role == 'user' %}[INST]"
     "{% if message.content is string %}{{ message.content }}"
     "{% else %}{% for part in message.content %}"
-    "{% if part.type == 'image' %}[IMG]{% elif part.type == 'text' %}{{ part.text }}{% endif %}"
+    "{% if part.type == 'text' %}{{ part.text }}{% elif part.type in ('image', 'image_url') %}[IMG]{% endif %}"
     "{% endfor %}{% endif %}[/INST]"
     "{% elif message.role == 'assistant' %}"
     "{{ message.content if message.content is string else message.content[0].text }}{{ eos_token }}"
