@@ -280,9 +280,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="JSON file")
     args = parser.parse_args(argv)
     cpu = args.device == "cpu"
-    fill_defaults(args, {"shape": "tiny" if cpu else "real", "items": 12 if cpu else 512,
+    fill_defaults(args, {"shape": "tiny" if cpu else "real", "items": 12 if cpu else 256,
                          "loop_items": 12 if cpu else 48, "batch_sizes": [4] if cpu else [64, 128],
-                         "repeats": 1 if cpu else 2, "max_new_tokens": 4 if cpu else 16,
+                         "repeats": 1, "max_new_tokens": 4 if cpu else 16,
                          "num_workers": 1 if cpu else 4})
     return args
 
