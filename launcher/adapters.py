@@ -699,8 +699,9 @@ def _per_channel(value: Any) -> tuple[float, ...]:
 def _probe_images(size: Any) -> list[Image.Image]:
     """Two deterministic RGB images with every byte value: one tile at the processor's size and one
     twice as wide (several tiles when the processor crops to patches)."""
-    height = int(_get(size, "height") or _get(size, "shortest_edge") or 448)
-    width = int(_get(size, "width") or height)
+    # At most 448 pixels: Qwen-VL processors' "shortest_edge" is a pixel count (3136), not a side.
+    height = min(int(_get(size, "height") or _get(size, "shortest_edge") or 448), 448)
+    width = min(int(_get(size, "width") or height), 448)
     images = []
     for image_width in (width, 2 * width):
         rows = torch.arange(height).view(-1, 1, 1)
