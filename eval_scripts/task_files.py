@@ -71,11 +71,21 @@ def non_empty_text(record: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
+class ImagePath(type(Path())):
+    """An image path that remembers where it was read (`where`: data file and line), so the image check
+    before loading (launcher/preflight.py) can name the line of a missing file. Otherwise a plain path:
+    equal to, and hashed as, the same `Path`; paths derived from it (and copies sent to other processes)
+    carry no origin."""
+
+    where = ""
+
+
 def resolve_image_path(relative: Any, inputs: TaskInputs, where: str, folder: str = "") -> Path:
     """`relative` joined to ``<image root>/<folder>`` and normalised lexically (symlinks are not followed:
     InternVL's layout links shared image folders); outside the image root is refused unless
     --allow-outside-root. InternVL's ``data/...`` paths also work when the image root is its data/ folder
-    (`data_layout.image_relative_path`). `where` names the file and line for errors."""
+    (`data_layout.image_relative_path`). `where` names the file and line for errors, and stays with the
+    returned `ImagePath`."""
     if not isinstance(relative, str) or not relative:
         raise DataError(f"{where}: an image must be a non-empty path, found {json.dumps(relative)[:80]}")
     image_root = Path(os.path.abspath(inputs.image_root))
@@ -84,7 +94,9 @@ def resolve_image_path(relative: Any, inputs: TaskInputs, where: str, folder: st
     if not inputs.allow_outside_root and not candidate.is_relative_to(image_root):
         raise DataError(f"{where}: image path {relative!r} resolves to {candidate}, outside the image root "
                         f"{image_root} (set --image-root, or pass --allow-outside-root to trust this file)")
-    return candidate
+    path = ImagePath(candidate)
+    path.where = where
+    return path
 
 
 class FixedMetric:

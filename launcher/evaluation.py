@@ -25,7 +25,9 @@ from launcher.images import image_size
 from launcher.journal import Journal, journal_path, next_attempt, read_journal, read_journals
 from launcher.outputs import (atomic_write_json, atomic_write_jsonl, atomic_write_text, check_fingerprint, checkpoint_identity,
                               git_revision, versions)
-from launcher.runner import StopFlag, default_num_workers, install_signal_handlers, run_batches
+from launcher.preflight import bad_images_error, check_images_everywhere, count_image_files
+from launcher.runner import (StopFlag, default_num_workers, install_signal_handlers, kill_preprocessing_workers,
+                             run_batches)
 from launcher.scheduler import contiguous_shard, plan_batches
 from launcher.topology import Topology, connect, detect, disconnect
 
@@ -48,6 +50,7 @@ class Evaluation:
         self._ending = threading.Lock()
         self._clock_origin = time.perf_counter()   # per-rank timelines count from here
         self._loaded_at: float | None = None
+        self._bad_images: dict[str, dict[int, str]] = {}   # task -> item index -> reason (--on-bad-item skip)
 
     # ----- output
     def log(self, message: str, all_ranks: bool = False) -> None:
@@ -63,12 +66,21 @@ class Evaluation:
     # ----- the run
     def run(self) -> int:
         try:
+            return self._run()
+        finally:
+            kill_preprocessing_workers()   # none should be left; one that is would hang Python's exit
+
+    def _run(self) -> int:
+        try:
             tasks = [get_task(name) for name in self.config.tasks]
             self._setup()
             # Bad data fails here, in seconds, before minutes of model loading.
             self.coordinator.set_phase("loading data")
             inputs = self._task_inputs()
             task_items = [(task, task.load(inputs)) for task in tasks]
+            self.coordinator.set_phase("checking image files")
+            for task, items in task_items:
+                self._check_image_files(task, items)
             adapter = self._load_model()
             for task, items in task_items:
                 self._evaluate(task, items, adapter)
@@ -119,6 +131,23 @@ class Evaluation:
         self.log(f"model loaded in {seconds:.1f} s: {description.get('adapter')} ({description.get('dtype')})")
         return adapter
 
+    def _check_image_files(self, task: Task, items: Sequence[Item]) -> None:
+        """Every image file exists and is a regular file (launcher/preflight.py): stop now under
+        --on-bad-item error, else remember the bad items, which `_evaluate` records as skipped."""
+        topology = self.topology
+        started = time.perf_counter()
+        bad = check_images_everywhere(
+            task.name, items, topology.rank, topology.world_size, self.store,
+            lambda keys, what: self.coordinator.wait_for(keys, what, self.config.timeout))
+        checked = count_image_files(items)
+        self.log(f"{task.name}: {checked} image file(s) checked in {time.perf_counter() - started:.2f} s, "
+                 f"{len(bad)} cannot be read")
+        if bad and self.config.on_bad_item == "error":
+            raise bad_images_error(task.name, bad, checked)
+        self._bad_images[task.name] = {}
+        for entry in bad:
+            self._bad_images[task.name].setdefault(entry.index, f"image {entry.path}: {entry.reason}")
+
     def _task_inputs(self) -> TaskInputs:
         config = self.config
         return TaskInputs(data_root=config.data_root, image_root=config.resolved_image_root, data_file=config.data,
@@ -143,6 +172,10 @@ class Evaluation:
         attempt, finished_ids = plan["attempt"], set(plan["finished"])
         prompts = [task.prompt(item) for item in items]
         pending = [index for index, item in enumerate(items) if item.id not in finished_ids]
+        # Items whose image file is missing (--on-bad-item skip) are recorded by rank 0 at once.
+        bad_images = self._bad_images.get(task.name, {})
+        skipped_now = [index for index in pending if index in bad_images]
+        pending = [index for index in pending if index not in bad_images]
         workers = (config.num_workers if config.num_workers is not None
                    else default_num_workers(topology.local_world_size))
         self.log(f"{task.name}: {len(items)} items, {len(items) - len(pending)} already done, attempt {attempt}, "
@@ -157,14 +190,24 @@ class Evaluation:
         progress = _Progress(self, task.name, total=len(items), initial=len(items) - len(pending))
         journal = Journal(journal_path(task_dir, topology.rank, attempt))
         try:
+            if skipped_now and topology.rank == 0:
+                journal.append([{**task.prediction_row(items[index], ""), "skipped": bad_images[index]}
+                                for index in skipped_now])
+                progress.advance(len(skipped_now), ())
             result = run_batches(
                 task=task, items=items, prompts=prompts, batches=batches, adapter=adapter, settings=settings,
                 journal=journal, on_bad_item=config.on_bad_item, num_workers=workers,
                 pin_memory=bool(topology.gpus), queue_key=f"queue/{task.name}/{attempt}" if dynamic else None,
                 store=store, stop=self.stop,
                 on_batch_done=progress.advance, set_phase=self.coordinator.set_phase)
+        except BaseException:
+            progress.abandon()   # end the bar's line before the error is printed
+            raise
         finally:
             journal.close()
+        if topology.rank == 0 and skipped_now:
+            result.items_done += len(skipped_now)
+            result.skipped += len(skipped_now)
         self.coordinator.set_phase(f"done with {task.name}")
         store.set(f"done/{task.name}/{topology.rank}", json.dumps(
             {"items": result.items_done, "batches": result.batches, "skipped": result.skipped,
@@ -279,6 +322,7 @@ class Evaluation:
             self._report(root)
             self._linger_as_store_server()
             coordinator.leave()
+            disconnect()
             return code
 
     def _linger_as_store_server(self, seconds: float = 5.0) -> None:
@@ -319,6 +363,7 @@ class Evaluation:
         if not self._ending.acquire(blocking=False):
             return
         self.coordinator.handling_own_failure = True
+        kill_preprocessing_workers()
         self._report(root)
         self._linger_as_store_server()
         self.coordinator.leave_without_join()
@@ -326,7 +371,9 @@ class Evaluation:
 
     def _end_preempted(self, reason: str) -> int:
         with self._ending:
-            return self._preempted_verdict(reason)
+            code = self._preempted_verdict(reason)
+            disconnect()
+            return code
 
     def _preempted_verdict(self, reason: str) -> int:
         coordinator = self.coordinator
@@ -360,6 +407,7 @@ class Evaluation:
             return
         if not self._ending.acquire(blocking=False):
             return
+        kill_preprocessing_workers()
         code = self._preempted_verdict(f"stopped by {self.stop.signal_name} (batch in hand abandoned)")
         exit_now(code)
 
@@ -393,6 +441,14 @@ class _Progress:
         with self._lock:
             if self.bar is not None and value > self.bar.n:
                 self.bar.update(value - self.bar.n)
+
+    def abandon(self) -> None:
+        """Close the bar as it stands (a failure: the store may be gone)."""
+        with self._lock:
+            if self.bar is not None:
+                self.evaluation.coordinator.tick_callbacks.remove(self._refresh)
+                self.bar.close()
+                self.bar = None
 
     def close(self) -> None:
         if self.bar is not None:

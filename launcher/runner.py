@@ -15,8 +15,12 @@ dynamic run no process sits on claimed batches that an idle one could run.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from eval_scripts.base import DataError, Item, Task
 from launcher.adapters import ModelInputs
-from launcher.errors import PreemptedError
+from launcher.errors import PreemptedError, UserError
 from launcher.generation import GenerationSettings
 from launcher.images import open_image
 from launcher.journal import Journal
@@ -106,8 +110,13 @@ class _Chunks(Dataset):
     def __init__(self, prepare: Preprocessor) -> None:
         self.prepare = prepare
 
-    def __getitem__(self, chunk: Chunk) -> tuple[Chunk, PreparedBatch]:
-        return chunk, self.prepare(chunk.number, list(chunk.indices))
+    def __getitem__(self, chunk: Chunk) -> tuple[Chunk, PreparedBatch | UserError]:
+        try:
+            return chunk, self.prepare(chunk.number, list(chunk.indices))
+        except UserError as error:
+            # Handed back as a value: raised in a worker, torch would re-raise it wrapped in its own
+            # traceback ("Caught DataError in DataLoader worker process 0 ..."); a user error is one line.
+            return chunk, error
 
 
 def join_chunks(parts: Sequence[PreparedBatch], pin_memory: bool, prepare: Preprocessor) -> PreparedBatch:
@@ -193,7 +202,8 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
     loader = DataLoader(_Chunks(prepare), sampler=_ChunkKeys(batches, max(1, workers) if joins else 1, queue),
                         batch_size=None,
                         num_workers=workers, pin_memory=False, prefetch_factor=1 if workers else None,
-                        persistent_workers=False, worker_init_fn=_ignore_stop_signals if workers else None)
+                        persistent_workers=False,
+                        worker_init_fn=functools.partial(_prepare_worker, os.getpid()) if workers else None)
     started = time.perf_counter()
     result = LoopResult(started_at=started)
     # Workers are forked with the stop signals blocked, so one arriving before a worker has set them to
@@ -201,46 +211,120 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
     # default-action SIGTERM handler in each worker before worker_init_fn runs).
     with _stop_signals_blocked():
         chunks_in_order = iter(loader)
-    parts: list[PreparedBatch] = []
-    for chunk, part in chunks_in_order:
-        parts.append(part)
-        if chunk.part + 1 < chunk.parts:
-            continue
-        joining = time.perf_counter()
-        prepared, parts = join_chunks(parts, pin_memory, prepare), []
-        result.join_seconds += time.perf_counter() - joining
-        if stop.is_set():
-            raise PreemptedError(f"stopped by {stop.signal_name}")
-        ids = [items[i].id for i in prepared.indices]
-        batch_started = time.perf_counter()
-        set_phase("generate", ids)
-        texts: list[str] = []
-        if prepared.inputs is not None:
-            texts, splits = _generate_splitting_on_oom(adapter, prepare, prepared, settings)
-            result.oom_splits += splits
-        rows = [task.prediction_row(items[i], text) for i, text in zip(prepared.indices, texts)]
-        for index, reason in prepared.skipped.items():
-            rows.append({**task.prediction_row(items[index], ""), "skipped": reason})
-        journal.append(rows)
-        set_phase("journaled", ())
-        result.items_done += len(rows)
-        result.skipped += len(prepared.skipped)
-        result.batches += 1
-        result.batch_spans.append((batch_started, time.perf_counter()))
-        on_batch_done(len(rows), ids)
+    try:
+        parts: list[PreparedBatch] = []
+        for chunk, part in chunks_in_order:
+            if isinstance(part, UserError):
+                raise part
+            parts.append(part)
+            if chunk.part + 1 < chunk.parts:
+                continue
+            joining = time.perf_counter()
+            prepared, parts = join_chunks(parts, pin_memory, prepare), []
+            result.join_seconds += time.perf_counter() - joining
+            if stop.is_set():
+                raise PreemptedError(f"stopped by {stop.signal_name}")
+            ids = [items[i].id for i in prepared.indices]
+            batch_started = time.perf_counter()
+            set_phase("generate", ids)
+            texts: list[str] = []
+            if prepared.inputs is not None:
+                texts, splits = _generate_splitting_on_oom(adapter, prepare, prepared, settings)
+                result.oom_splits += splits
+            rows = [task.prediction_row(items[i], text) for i, text in zip(prepared.indices, texts)]
+            for index, reason in prepared.skipped.items():
+                rows.append({**task.prediction_row(items[index], ""), "skipped": reason})
+            journal.append(rows)
+            set_phase("journaled", ())
+            result.items_done += len(rows)
+            result.skipped += len(prepared.skipped)
+            result.batches += 1
+            result.batch_spans.append((batch_started, time.perf_counter()))
+            on_batch_done(len(rows), ids)
+    finally:
+        # Every way out (done, a user error, an exception in generate, a stop signal, Ctrl-C): the workers
+        # go now. Left to Python's exit handler they would be sent SIGTERM, which they ignore, and joined
+        # forever.
+        shut_down_workers(chunks_in_order)
     result.seconds = time.perf_counter() - started
     return result
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR1}
+_PR_SET_PDEATHSIG = 1                   # <linux/prctl.h>
+WORKER_STOP_GRACE_SECONDS = 1.0
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """Slurm signals every process of a step: a worker must not die of the SIGTERM/SIGUSR1 meant for its
-    rank, which stops at the next batch boundary and then ends its workers itself."""
+def _prepare_worker(parent_pid: int, _worker_id: int) -> None:
+    """worker_init_fn. Slurm signals every process of a step: a worker must not die of the SIGTERM/SIGUSR1
+    meant for its rank, which stops at the next batch boundary and then ends its workers itself
+    (`shut_down_workers`). Ignoring SIGTERM must not make a worker outlive its rank, so the kernel
+    SIGKILLs it when the rank dies (PR_SET_PDEATHSIG; torch's own check of the parent runs only between
+    chunks, every 5 s)."""
     for signum in _STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    _die_with_parent()
+    if os.getppid() != parent_pid:    # the rank died before the line above took effect
+        os._exit(1)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):   # no prctl: torch's parent check still ends an idle worker
+        pass
+
+
+def shut_down_workers(chunks_in_order: Any, grace_seconds: float = WORKER_STOP_GRACE_SECONDS) -> None:
+    """End the DataLoader workers behind `chunks_in_order` (an iterator of the loader) now.
+
+    Asks first, torch's way (the "done" event, then None on each worker's queue): an idle worker exits at
+    once, a busy one after its chunk. Whatever is still alive after `grace_seconds` is SIGKILLed: the
+    workers ignore SIGTERM (Slurm), so `terminate()`, what torch and Python's exit handler use, would not
+    end them. Nothing a worker holds is needed any more: the loop is over. A no-op without workers or
+    after torch has shut them down itself (the iterator ran out).
+    """
+    workers = list(getattr(chunks_in_order, "_workers", ()))
+    if not workers or getattr(chunks_in_order, "_shutdown", True):
+        return
+    # These are torch's own shutdown steps (torch.utils.data.dataloader, `_shutdown_workers`) with a
+    # short grace and SIGKILL where torch waits 5 s per worker and then sends SIGTERM. Should a torch
+    # release rename what they use, the workers are still killed below.
+    with contextlib.suppress(Exception):
+        from torch.utils.data import _utils as loader_utils
+
+        # torch watches its workers through SIGCHLD and raises in the main thread when one ends by a signal.
+        if chunks_in_order._worker_pids_set:
+            loader_utils.signal_handling._remove_worker_pids(id(chunks_in_order))
+            chunks_in_order._worker_pids_set = False
+        chunks_in_order._workers_done_event.set()
+        for index_queue in chunks_in_order._index_queues:
+            with contextlib.suppress(Exception):   # a queue already closed: that worker is gone
+                index_queue.put(None)
+        deadline = time.monotonic() + grace_seconds
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+    for worker in workers:
+        worker.join(5.0)
+    with contextlib.suppress(Exception):
+        chunks_in_order._shutdown_workers()   # closes torch's queues and threads; its joins return at once
+
+
+def kill_preprocessing_workers() -> None:
+    """SIGKILL every live child this process started through multiprocessing: the preprocessing workers
+    (nothing else here starts any). For the monitor thread, which ends the process with `os._exit` while
+    the main thread may be inside the batch loop, and as the last check before a normal exit."""
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(Exception):
+            child.kill()
+            child.join(5.0)
 
 
 @contextlib.contextmanager
@@ -257,9 +341,13 @@ def _generate_splitting_on_oom(adapter, prepare: Preprocessor, prepared: Prepare
     """Generate; on CUDA out-of-memory split the batch in halves and retry, down to single items."""
     try:
         return adapter.generate(prepared.inputs, settings), 0
-    except torch.cuda.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError as error:
         if len(prepared.indices) == 1:
-            raise
+            item_id = prepare.items[prepared.indices[0]].id
+            first_line = (str(error).strip().splitlines() or ["out of memory"])[0]
+            raise UserError(f"out of memory generating item {item_id!r} alone (batch size 1): {first_line[:200]}; "
+                            "the model and one item do not fit: split the model over more GPUs "
+                            "(--gpus-per-model), or use --load-in-8bit, or fewer tiles (--max-num)") from None
     torch.cuda.empty_cache()
     half = len(prepared.indices) // 2
     texts, splits = [], 1

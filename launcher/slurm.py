@@ -8,7 +8,8 @@ It never reads the environment (``launcher/topology.py`` does that and passes th
 - ``parse_tasks_per_node("2(x3),1")`` -> ``[2, 2, 2, 1]`` (``SLURM_TASKS_PER_NODE``,
   ``SLURM_STEP_TASKS_PER_NODE``); ``expand_tasks_per_node`` also checks the count against the nodes.
 - ``master_port_for_job(job_id)``: a port every rank computes alone from ``SLURM_JOB_ID``, so all ranks
-  agree without talking, and two jobs sharing a node get different ports.
+  agree without talking, and two jobs sharing a node get different ports; ``master_port_for_step`` also
+  separates the job steps of one job (``SLURM_STEP_ID``), which may run side by side on one node.
 
 Two functions may run ``scontrol`` (kept separate and small): ``hostnames`` prefers
 ``scontrol show hostnames`` (Slurm's own parser) and falls back to ``parse_node_list``; ``node_address``
@@ -213,6 +214,28 @@ def master_port_for_job(
             f"port window [{base}, {base + span}) must lie within [1024, 65536) and not be empty"
         )
     return base + int(text) % span
+
+
+# Step s of job j uses job (j + STEP_PORT_STRIDE * s)'s port: steps of one job differ, and a step collides
+# with another job's step 0 only when their ids differ by a multiple of the stride (mod the span).
+STEP_PORT_STRIDE = 1009
+
+
+def master_port_for_step(
+    job_id: str | int, step_id: str | int = 0, base: int = DEFAULT_PORT_BASE, span: int = DEFAULT_PORT_SPAN
+) -> int:
+    """The rendezvous port of one job step: ``base + (job_id + 1009 * step_id) % span``.
+
+    Step 0 gets ``master_port_for_job(job_id)``, the port the job scripts derive; each later step of the
+    job (``srun`` run twice, side by side, in one allocation) gets another port in the same window.
+    A step id that is not a number (``batch``, ``extern``, ``interactive``) counts as 0.
+    """
+    step_text = str(step_id).strip()
+    step = int(step_text) if step_text.isdigit() else 0
+    text = str(job_id).strip()
+    if not text.isdigit():
+        raise ValueError(f"job id must be a non-negative integer, got {job_id!r}")
+    return master_port_for_job(int(text) + STEP_PORT_STRIDE * step, base, span)
 
 
 def hostnames(nodelist: str, scontrol: str | None = "scontrol") -> list[str]:

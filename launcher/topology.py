@@ -12,7 +12,13 @@ rank. The per-node task count comes from SLURM_STEP_TASKS_PER_NODE / SLURM_TASKS
 
 `connect` opens the coordination store and the process group. Under torchrun the store is a client of the
 one torchrun's agent already serves; under srun or plain python, rank 0 serves a TCPStore at
-MASTER_ADDR:MASTER_PORT (the job scripts derive the port from the job id).
+MASTER_ADDR:MASTER_PORT. Under srun, exported MASTER_ADDR / MASTER_PORT win; a missing one is derived
+from the step itself, as PyTorch Lightning and submitit do, so a job script whose only command is
+``srun python launch.py ...`` works: the address of the step's first node (``SLURM_STEP_NODELIST``, else
+``SLURM_JOB_NODELIST``: task 0 runs there), and a port from ``SLURM_JOB_ID`` and ``SLURM_STEP_ID``
+(`launcher.slurm.master_port_for_step`: 20000 + (job id + 1009 x step id) mod 12000; step 0 gets the port
+the job scripts derive, and two steps of one job on one node get different ports). A one-task step
+needs no rendezvous at all.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from launcher.errors import UserError
-from launcher.slurm import expand_tasks_per_node
+from launcher.slurm import expand_tasks_per_node, hostnames, master_port_for_step, node_address
 
 
 @dataclass(frozen=True)
@@ -135,10 +141,10 @@ def detect(gpus_per_model: int = 1, auto: bool = False, env: Mapping[str, str] |
         else:
             local_world_size = 1
         launcher = "slurm"
-        if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
-            raise UserError("under srun, launch.py needs MASTER_ADDR and MASTER_PORT: the job scripts in slurm/ "
-                            "export them (the first node's address, a port derived from SLURM_JOB_ID)")
-        master_addr, master_port = env["MASTER_ADDR"], _int(env, "MASTER_PORT")
+        if world_size == 1:     # one task: a store in this process, no port (see `connect`)
+            master_addr, master_port = "127.0.0.1", 0
+        else:
+            master_addr, master_port = _slurm_rendezvous(env)
         agent_store = False
         restart_count = _int(env, "SLURM_RESTART_COUNT") if "SLURM_RESTART_COUNT" in env else 0
         slurm_bound = bool(env.get("SLURM_GPUS_PER_TASK")) or "gpu" in env.get("SLURM_TRES_PER_TASK", "")
@@ -154,6 +160,33 @@ def detect(gpus_per_model: int = 1, auto: bool = False, env: Mapping[str, str] |
                     node_rank=node_rank, hostname=hostname, launcher=launcher, master_addr=master_addr,
                     master_port=master_port, agent_store=agent_store, restart_count=restart_count,
                     job_id=job_id, visible_gpus=visible_gpus, gpus=gpus)
+
+
+def _slurm_rendezvous(env: Mapping[str, str]) -> tuple[str, int]:
+    """MASTER_ADDR and MASTER_PORT under srun: exported values win, missing ones come from the step (module
+    docstring). Both are derived by every task alone, so all tasks agree without talking."""
+    fix = "export MASTER_ADDR and MASTER_PORT to set them"
+    master_addr = env.get("MASTER_ADDR") or None
+    if master_addr is None:
+        name = next((name for name in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+                     if env.get(name)), None)
+        if name is None:
+            raise UserError(f"under srun without MASTER_ADDR, launch.py takes the first node of SLURM_STEP_NODELIST "
+                            f"or SLURM_JOB_NODELIST, and neither is set: {fix}")
+        try:
+            master_addr = node_address(hostnames(env[name])[0])
+        except ValueError as error:
+            raise UserError(f"cannot derive MASTER_ADDR from {name}={env[name]!r}: {error}; {fix}") from None
+    if env.get("MASTER_PORT"):
+        return master_addr, _int(env, "MASTER_PORT")
+    if not env.get("SLURM_JOB_ID"):
+        raise UserError(f"under srun without MASTER_PORT, launch.py derives the port from SLURM_JOB_ID, which is "
+                        f"not set: {fix}")
+    try:
+        return master_addr, master_port_for_step(env["SLURM_JOB_ID"], env.get("SLURM_STEP_ID", "0"))
+    except ValueError as error:
+        raise UserError(f"cannot derive MASTER_PORT from SLURM_JOB_ID={env['SLURM_JOB_ID']!r}: {error}; {fix}") \
+            from None
 
 
 def _single_process_gpus(visible_gpus: int, gpus_per_model: int, auto: bool) -> tuple[int, ...]:
@@ -172,8 +205,8 @@ def connect(topology: Topology, timeout_s: float, connect_timeout_s: float = 300
     import torch
     import torch.distributed as dist
 
-    if topology.world_size == 1 and topology.launcher == "single":
-        store = dist.HashStore()
+    if topology.world_size == 1 and topology.launcher in ("single", "slurm"):
+        store = dist.HashStore()    # nobody to meet: no port to bind (a one-task srun step, an array task)
     else:
         is_server = topology.rank == 0 and not topology.agent_store
         try:
@@ -201,11 +234,29 @@ def connect(topology: Topology, timeout_s: float, connect_timeout_s: float = 300
     return run_store
 
 
-def disconnect() -> None:
+DISCONNECT_TIMEOUT_S = 10.0
+
+
+def disconnect(timeout_s: float = DISCONNECT_TIMEOUT_S) -> None:
+    """Destroy the process group, on every way out of a run (NCCL warns at exit when it was not). With a
+    peer dead mid-collective NCCL's teardown can block, so it runs in a thread that the exit does not wait
+    for beyond `timeout_s`."""
+    import threading
+
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+
+    def destroy() -> None:
+        try:
+            dist.destroy_process_group()
+        except Exception:   # a group already broken by a dead peer: nothing left to release cleanly
+            pass
+
+    teardown = threading.Thread(target=destroy, name="launcher-disconnect", daemon=True)
+    teardown.start()
+    teardown.join(timeout_s)
 
 
 # What makes a process join an existing world (topology.detect): a run that a sweep starts on this machine
