@@ -386,7 +386,7 @@ class Evaluation:
         if root is not None:
             self._report(root)
             coordinator.leave()
-            return EXIT_PEER_FAILED
+            return EXIT_USER_ERROR if root.get("kind") == "user-error" else EXIT_PEER_FAILED
         self.log(f"{reason}: journals are flushed; rerun the same command to resume", all_ranks=True)
         try:
             self.store.set(f"preempted/{self.topology.rank}", reason)

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from eval_scripts.base import DataError, ImageBytes, Item
+from launcher.errors import UserError
 from launcher.generation import GenerationSettings
 from launcher.images import open_image
 from launcher.runner import PreparedBatch, _generate_splitting_on_oom
@@ -47,12 +48,14 @@ def test_an_out_of_memory_batch_is_split_until_it_fits_and_keeps_item_order():
     assert splits == 3
 
 
-def test_a_single_item_that_does_not_fit_is_an_error():
-    items = [Item(id="0", question="q0")]
+def test_a_single_item_that_does_not_fit_is_a_user_error_naming_the_item_and_the_flags():
+    items = [Item(id=str(index), question=f"q{index}") for index in range(3)]
     adapter = _MemoryBoundAdapter(limit=0)
     prepare = _Prepare(items, adapter)
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        _generate_splitting_on_oom(adapter, prepare, prepare(0, [0]), GenerationSettings())
+    with pytest.raises(UserError, match=r"out of memory generating item '0' alone \(batch size 1\).*"
+                                        r"--gpus-per-model.*--load-in-8bit"):
+        _generate_splitting_on_oom(adapter, prepare, prepare(0, [0, 1, 2]), GenerationSettings())
+    assert adapter.calls == [3, 1]   # split down to the first item alone, which still does not fit
 
 
 def test_a_decompression_bomb_is_refused_naming_item_and_size(tmp_path):
