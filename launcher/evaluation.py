@@ -26,8 +26,8 @@ from launcher.journal import Journal, journal_path, next_attempt, read_journal, 
 from launcher.outputs import (atomic_write_json, atomic_write_jsonl, atomic_write_text, check_fingerprint, checkpoint_identity,
                               git_revision, versions)
 from launcher.preflight import bad_images_error, check_images_everywhere, count_image_files
-from launcher.runner import (StopFlag, default_num_workers, install_signal_handlers, kill_preprocessing_workers,
-                             run_batches)
+from launcher.runner import (StopFlag, default_num_workers, ignore_stop_signals, install_signal_handlers,
+                             kill_preprocessing_workers, run_batches)
 from launcher.scheduler import contiguous_shard, plan_batches
 from launcher.topology import Topology, connect, detect, disconnect
 
@@ -69,6 +69,7 @@ class Evaluation:
             return self._run()
         finally:
             kill_preprocessing_workers()   # none should be left; one that is would hang Python's exit
+            ignore_stop_signals()
 
     def _run(self) -> int:
         try:

@@ -175,6 +175,15 @@ def install_signal_handlers(flag: StopFlag) -> None:
         signal.signal(signum, handler)
 
 
+def ignore_stop_signals() -> None:
+    """After the verdict: SIGTERM / SIGUSR1 (torchrun's agent SIGTERMs the survivors once a worker has
+    failed) must not turn the exit code into a death by signal while Python tears down, which takes
+    seconds with torch loaded. A handler would not help: Python resets its own handlers to the default
+    action at finalization, but leaves an "ignore" in place."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 @dataclass
 class LoopResult:
     items_done: int = 0
