@@ -110,6 +110,8 @@ class Evaluation:
         self.coordinator.start()
         self.manifest["topology"] = {"world_size": self.topology.world_size, "launcher": self.topology.launcher,
                                      "job_id": self.topology.job_id}
+        if self.topology.world_size > 1:
+            self.manifest["topology"]["rendezvous"] = f"{self.topology.master_addr}:{self.topology.master_port}"
         self.log(f"{self.topology.world_size} process(es), launcher {self.topology.launcher}; "
                  f"this process: host {self.topology.hostname}, "
                  f"{'GPUs ' + ','.join(map(str, self.topology.gpus)) if self.topology.gpus else 'CPU'}")

@@ -26,6 +26,14 @@ def remote_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_remote_code_internvl(tmp_path_factory.mktemp("remote_internvl"), seed=0)
 
 
+@pytest.fixture(scope="session")
+def faulty_checkpoint(native_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny native InternVL plus remote code that fails on a marker word (tests/faulty_model.py)."""
+    from tests.faulty_model import build_faulty_checkpoint
+
+    return build_faulty_checkpoint(native_checkpoint, tmp_path_factory.mktemp("faulty_internvl"))
+
+
 # ----- a training run to sweep and one sweep of it, stopped and resumed (tests/sweeps.py)
 
 @pytest.fixture(scope="session")

@@ -66,3 +66,38 @@ def build_faulty_checkpoint(native: Path, out: Path) -> Path:
     config["architectures"] = ["FaultyInternVL"]
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
+
+
+CORRUPT_IMAGE = "synthetic/corrupt.png"         # relative to the data root, as the synthetic task's paths
+MISSING_IMAGE = "synthetic/images/no_such_image.png"
+
+
+def write_corrupt_image(data_root: Path) -> Path:
+    """A truncated download beside the synthetic images: its header (so the item's cost, its place in the
+    batch order) is intact, decoding fails."""
+    whole = next((Path(data_root) / "synthetic" / "images").iterdir()).read_bytes()
+    path = Path(data_root) / CORRUPT_IMAGE
+    path.write_bytes(whole[:len(whole) // 2])
+    return path
+
+
+def bad_item_data(source: Path, kind: str, bad_index: int, out: Path, items: int = 24) -> tuple[Path, str]:
+    """The first `items` rows of a synthetic data file, every question of one length (equal costs keep the
+    items in file order), row `bad_index` broken as `kind` says: "missing-image", "corrupt-image" (see
+    `write_corrupt_image`), "generate-raises" or "oom-at-batch-size-1". Returns the file and the bad id."""
+    rows = [json.loads(line) for line in Path(source).read_text().splitlines()][:items]
+    for row in rows:
+        row["question"] = "what color is the shape ?"
+    bad = rows[bad_index]
+    if kind == "missing-image":
+        bad["image"] = MISSING_IMAGE
+    elif kind == "corrupt-image":
+        bad["image"] = CORRUPT_IMAGE
+    elif kind == "generate-raises":
+        bad["question"] = f"what color is the {RAISE_WORD} ?"
+    elif kind == "oom-at-batch-size-1":
+        bad["question"] = f"what color is the {OOM_WORD} ?"
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return out, str(bad["question_id"])

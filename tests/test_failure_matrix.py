@@ -21,7 +21,6 @@ the production code has no test hook.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -34,14 +33,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.faulty_model import OOM_WORD, RAISE_WORD, build_faulty_checkpoint
+from tests.faulty_model import bad_item_data, write_corrupt_image
 from tests.runs import (LAUNCH, PROCESS_GROUP_LEAK_WARNING, ROOT, RunWatch, child_env, free_port, manifest,
                         start_ranks, torchrun_command, torchrun_workers, wait_for_journal_lines)
 
 TASK = "synthetic_shapes"
 N_ITEMS = 48            # the data of the signal and peer cases: long enough to interrupt mid-run
-N_CASE_ITEMS = 24       # the data of the bad-item cases
-BAD_INDEX = 13          # the bad item: batches before it are journaled first
+BAD_INDEX = 13          # the bad item (of 24, tests/faulty_model.py): batches before it are journaled first
 GONE_WITHIN_S = 30.0
 STALL_TIMEOUT_S = 6
 pytestmark = pytest.mark.timeout(300)
@@ -88,36 +86,8 @@ def data_root(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("matrix_data")
     generate_benchmark(root / "synthetic", n_items=N_ITEMS, seed=4242, split="test")
-    # A truncated download: the header (and so the item's cost, its place in the batch order) is intact,
-    # decoding fails.
-    whole = next((root / "synthetic" / "images").iterdir()).read_bytes()
-    (root / "synthetic" / "corrupt.png").write_bytes(whole[:len(whole) // 2])
+    write_corrupt_image(root)
     return root
-
-
-@pytest.fixture(scope="module")
-def faulty_checkpoint(native_checkpoint, tmp_path_factory) -> Path:
-    return build_faulty_checkpoint(native_checkpoint, tmp_path_factory.mktemp("faulty_internvl"))
-
-
-def bad_item_data(data_root: Path, kind: str, out: Path) -> tuple[Path, str]:
-    """The first N_CASE_ITEMS items, every question of one length (equal costs keep them in file order),
-    item BAD_INDEX broken as `kind` asks. Returns the file and the bad item's id."""
-    rows = [json.loads(line) for line in (data_root / "synthetic" / "test.jsonl").read_text().splitlines()]
-    rows = rows[:N_CASE_ITEMS]
-    for row in rows:
-        row["question"] = "what color is the shape ?"
-    bad = rows[BAD_INDEX]
-    if kind == "missing-image":
-        bad["image"] = "synthetic/images/no_such_image.png"
-    elif kind == "corrupt-image":
-        bad["image"] = "synthetic/corrupt.png"
-    elif kind == "generate-raises":
-        bad["question"] = f"what color is the {RAISE_WORD} ?"
-    elif kind == "oom-at-batch-size-1":
-        bad["question"] = f"what color is the {OOM_WORD} ?"
-    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return out, str(bad["question_id"])
 
 
 def case_args(case: Case, checkpoint: Path, data_root: Path, out_dir: Path, data: Path | None) -> list[str]:
@@ -221,8 +191,8 @@ def expected_codes(case: Case, failing_rank: int) -> dict[int, int | None]:
 def test_every_failure_ends_every_process_with_its_verdict_and_keeps_the_journal(
         case, faulty_checkpoint, data_root, tmp_path):
     out_dir = tmp_path / "out"
-    data, bad_id = (bad_item_data(data_root, case.kind, tmp_path / "data.jsonl") if case.kind in BAD_ITEM_KINDS
-                    else (None, None))
+    data, bad_id = (bad_item_data(data_root / "synthetic" / "test.jsonl", case.kind, BAD_INDEX,
+                                  tmp_path / "data.jsonl") if case.kind in BAD_ITEM_KINDS else (None, None))
     marker = uuid.uuid4().hex
     watch = RunWatch(f"FAULT_CASE={marker}", out_dir / TASK)
     started = start(case, case_args(case, faulty_checkpoint, data_root, out_dir, data), marker, tmp_path)

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.runs import ROOT, child_env, explain, launch, manifest, predictions
+from tests.faulty_model import bad_item_data, write_corrupt_image
+from tests.runs import (EXIT_CHECK_DIR, LAUNCH, PROCESS_GROUP_LEAK_WARNING, ROOT, RunWatch, child_env, explain, launch,
+                        manifest, predictions)
 
 TASK = "synthetic_shapes"
 ITEMS = 160                     # enough that a signal lands mid-run (4 processes make about 15 items/s here)
@@ -99,6 +101,7 @@ def data_root(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("slurm_data")
     generate_benchmark(root / "synthetic", n_items=ITEMS, seed=1234, split="test")
+    write_corrupt_image(root)
     return root
 
 
@@ -191,17 +194,21 @@ MODES = {
 # ---------------------------------------------------------------------------------------------- the tests
 
 def test_srun_gives_each_task_its_place_and_topology_reads_it(slurm_env, tmp_path):
+    from launcher.slurm import master_port_for_step
+
     probe = tmp_path / "where_am_i.py"
     probe.write_text(
         "import json, os\n"
         "from launcher.topology import detect\n"
         "topology = detect(env=os.environ, visible_gpus=0)\n"
         "names = ['SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_LOCALID', 'SLURM_NODEID', 'SLURMD_NODENAME',\n"
-        "         'SLURM_JOB_NODELIST', 'SLURM_STEP_TASKS_PER_NODE', 'SLURM_TASKS_PER_NODE']\n"
-        "print(json.dumps({**{name: os.environ.get(name) for name in names}, 'topology': topology.to_json()}))\n")
-    env = dict(slurm_env, MASTER_ADDR="127.0.0.1", MASTER_PORT="29999")  # launch.py needs them under srun
+        "         'SLURM_JOB_NODELIST', 'SLURM_STEP_TASKS_PER_NODE', 'SLURM_TASKS_PER_NODE', 'SLURM_JOB_ID',\n"
+        "         'SLURM_STEP_ID']\n"
+        "print(json.dumps({**{name: os.environ.get(name) for name in names}, 'topology': topology.to_json(),\n"
+        "                  'master': [topology.master_addr, topology.master_port]}))\n")
+    # No MASTER_ADDR / MASTER_PORT: every task derives the same pair from the step.
     result = subprocess.run(["srun", "--nodes=2", "--ntasks=4", sys.executable, str(probe)], capture_output=True,
-                            text=True, env=env, cwd=ROOT, timeout=120)
+                            text=True, env=slurm_env, cwd=ROOT, timeout=120)
     assert result.returncode == 0, explain(result)
     tasks = sorted((json.loads(line) for line in result.stdout.splitlines()),
                    key=lambda task: int(task["SLURM_PROCID"]))
@@ -216,6 +223,9 @@ def test_srun_gives_each_task_its_place_and_topology_reads_it(slurm_env, tmp_pat
                   for task in tasks]
     assert topologies == [(0, 4, 0, 2, 0, "slurm"), (1, 4, 1, 2, 0, "slurm"),
                           (2, 4, 0, 2, 1, "slurm"), (3, 4, 1, 2, 1, "slurm")]
+    # n1 does not resolve: its address comes from `scontrol show node n1` (NodeAddr).
+    job_id, step_id = tasks[0]["SLURM_JOB_ID"], tasks[0]["SLURM_STEP_ID"]
+    assert {tuple(task["master"]) for task in tasks} == {("127.0.0.1", master_port_for_step(job_id, step_id))}
 
 
 def test_uneven_tasks_per_node_are_read_per_node(slurm_env):
@@ -376,3 +386,101 @@ def test_kill_9_of_one_task_under_srun_fails_the_job_fast_and_a_resubmission_res
     assert predictions(out_dir, TASK) == reference_predictions
     counts = Counter(item for ids in journal_ids(out_dir).values() for item in ids)
     assert len(counts) == ITEMS and set(counts.values()) == {1}
+
+
+# ------------------------------------------------------------------ plain `srun python launch.py` job scripts
+
+def submit_commands(commands: str, sbatch_options: list[str], env: dict[str, str], log: Path, script: Path) -> str:
+    """`sbatch` a job script holding only `commands` (what a user writes), not one of ours."""
+    script.write_text("#!/bin/bash\n" + commands)
+    result = subprocess.run(["sbatch", "--parsable", f"--output={log}", *sbatch_options, str(script)],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, f"sbatch failed: {result.stderr}"
+    return result.stdout.strip().split(";")[0]
+
+
+def launch_command(checkpoint, data_root, out_dir, *extra, workers: int = 1, batch_size: int = 1) -> str:
+    args = [sys.executable, LAUNCH, "--checkpoint", checkpoint, "--task", TASK, "--data-root", data_root,
+            "--out-dir", out_dir, "--num-workers", workers, "--max-new-tokens", 16, "--batch-size", batch_size,
+            *extra]
+    return " ".join(str(arg) for arg in args)
+
+
+def test_a_job_whose_only_command_is_srun_launch_py_predicts_what_one_process_predicts(
+        slurm_env, native_checkpoint, data_root, reference_predictions, tmp_path):
+    from launcher.slurm import master_port_for_step
+
+    out_dir, log = tmp_path / "out", tmp_path / "job.log"
+    job_id = submit_commands(f"srun {launch_command(native_checkpoint, data_root, out_dir)}\n",
+                             ["--nodes=2", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=10"], slurm_env, log,
+                             tmp_path / "job.sh")
+    info = wait_for_job(job_id, slurm_env, log)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), read_log(log)
+    assert predictions(out_dir, TASK) == reference_predictions, read_log(log)
+    topology = manifest(out_dir)["topology"]
+    assert (topology["launcher"], topology["world_size"]) == ("slurm", 4)
+    assert topology["rendezvous"] == f"127.0.0.1:{master_port_for_step(job_id, 0)}"
+
+
+def test_two_job_steps_side_by_side_on_one_node_meet_at_different_ports(
+        slurm_env, native_checkpoint, data_root, reference_predictions, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join((data_root / "synthetic" / "test.jsonl").read_text().splitlines(keepends=True)[:24]))
+    steps = "".join(f"srun --overlap --ntasks=2 {launch_command(native_checkpoint, data_root, tmp_path / name, '--data', data)} &\n"
+                    for name in ("a", "b"))
+    log = tmp_path / "job.log"
+    job_id = submit_commands(steps + "wait\n", ["--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--time=10"],
+                             slurm_env, log, tmp_path / "job.sh")
+    info = wait_for_job(job_id, slurm_env, log)
+    assert info["JobState"] == "COMPLETED", read_log(log)
+    expected = [row for row in reference_predictions if int(row["id"]) < 24]
+    rendezvous = set()
+    for name in ("a", "b"):
+        assert manifest(tmp_path / name)["status"] == "done", read_log(log)
+        assert predictions(tmp_path / name, TASK) == expected
+        rendezvous.add(manifest(tmp_path / name)["topology"]["rendezvous"])
+    assert len(rendezvous) == 2, rendezvous
+
+
+@pytest.mark.parametrize("kind,workers", [("generate-raises", 1), ("corrupt-image", 3)])
+def test_a_failure_under_plain_srun_ends_every_process_with_its_verdict(
+        kind, workers, slurm_env, faulty_checkpoint, data_root, tmp_path):
+    """The failure matrix (tests/test_failure_matrix.py) under srun on two nodes: a model error on one
+    batch, a corrupt image met in a worker."""
+    import uuid
+
+    data, bad_id = bad_item_data(data_root / "synthetic" / "test.jsonl", kind, 13, tmp_path / "data.jsonl")
+    out_dir, log = tmp_path / "out", tmp_path / "job.log"
+    marker = f"FAULT_CASE={uuid.uuid4().hex}"
+    env = dict(slurm_env, PYTHONPATH=f"{EXIT_CHECK_DIR}{os.pathsep}{slurm_env['PYTHONPATH']}",
+               FAULT_CASE=marker.split("=", 1)[1])
+    watch = RunWatch(marker, out_dir / TASK)
+    command = launch_command(faulty_checkpoint, data_root, out_dir, "--trust-remote-code", "--data", data,
+                             workers=workers, batch_size=2)
+    try:
+        job_id = submit_commands(f"srun {command}\n", ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=2",
+                                                       "--time=10"], env, log, tmp_path / "job.sh")
+        info = wait_for_job(job_id, env, log)
+        gone_after = watch.wait_gone(30)
+        since_verdict = time.time() - (out_dir / "run.json").stat().st_mtime
+        print(f"\n{kind} under srun: job {info['JobState']}, every process gone {since_verdict:.1f} s after the verdict")
+        assert since_verdict < 40 + gone_after, read_log(log)
+    finally:
+        watch.stop()
+        watch.kill_all()
+    assert sum(1 for command in (c for _, c in watch.processes.values()) if "launch.py" in command) >= 2 + 2 * workers
+    run = manifest(out_dir)
+    root = run["root_cause"]
+    assert (info["JobState"], run["status"]) == ("FAILED", "failed"), read_log(log)
+    assert root["rank"] in (0, 1) and root["observed_by"] == root["rank"]
+    text = log.read_text(errors="replace")
+    assert PROCESS_GROUP_LEAK_WARNING not in text and "Caught DataError" not in text, read_log(log)
+    if kind == "generate-raises":
+        assert root["kind"] == "exception" and "injected fault" in root["message"]
+        assert info["ExitCode"] in ("3:0", "1:0"), read_log(log)      # srun: the highest task exit code
+    else:
+        assert root["kind"] == "user-error" and f"item {bad_id!r}" in root["message"]
+        assert info["ExitCode"] == "2:0" and "Traceback" not in text, read_log(log)
+    rows = watch.check_journals()
+    journaled = {str(row["id"]) for file_rows in rows.values() for row in file_rows}
+    assert journaled and bad_id not in journaled
