@@ -150,3 +150,16 @@ def test_convert_speed_compares_converted_at_load_convert_output_and_native(tmp_
         assert row["load_s"] > 0 and "fast_decode" in row["decode"]
     # The same weights, reached three ways: the two converted folders predict identically.
     assert rows[1]["agreement_with_convert_output"] == 1.0
+
+
+def test_preflight_bench_finds_exactly_the_deleted_files_at_every_thread_count(tmp_path):
+    from bench import preflight
+
+    out = tmp_path / "preflight.json"
+    assert preflight.main(["--files", "3000", "--missing", "7", "--threads", "1,4", "--repeats", "1",
+                           "--dir", str(tmp_path), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["kind"] == "preflight" and report["files"] == 3000
+    assert [(row["threads"], row["missing_found"]) for row in report["rows"]] == [(1, 7), (4, 7)]
+    assert all(row["median_s"] > 0 and row["files_per_s"] > 0 for row in report["rows"])
+    assert [path.name for path in tmp_path.iterdir()] == ["preflight.json"]     # its files are cleaned up

@@ -15,6 +15,7 @@ from launcher.slurm import (
     expand_tasks_per_node,
     hostnames,
     master_port_for_job,
+    master_port_for_step,
     node_address,
     parse_node_addr,
     parse_node_list,
@@ -168,6 +169,30 @@ def test_default_port_window_stays_below_the_linux_ephemeral_range():
 
 def test_master_port_honours_base_and_span():
     assert master_port_for_job(1005, base=40000, span=1000) == 40005
+
+
+@pytest.mark.parametrize("job_id, step_id, port", [(123456, 0, 20000 + 123456 % 12000), (123456, "0", 20000 + 123456 % 12000),
+                                                   (5, 1, 20000 + 1014), (5, 2, 20000 + 2023), (11999, 1, 20000 + 1008),
+                                                   (7, "batch", 20007), (7, "extern", 20007)])
+def test_step_port_table(job_id, step_id, port):
+    assert master_port_for_step(job_id, step_id) == port
+
+
+def test_step_zero_gets_the_port_the_job_scripts_derive():
+    assert all(master_port_for_step(job_id, 0) == master_port_for_job(job_id) for job_id in range(0, 40_000, 13))
+
+
+def test_the_steps_of_one_job_get_different_ports():
+    for job_id in (0, 777, 123_456, 11_999):
+        assert len({master_port_for_step(job_id, step) for step in range(11)}) == 11
+
+
+def test_a_step_collides_with_another_jobs_first_step_only_a_stride_apart():
+    # Jobs submitted close together share nodes: job j's step s must not meet job j + k's step 0 for small k.
+    for job_id in range(1000, 1100):
+        steps = {master_port_for_step(job_id, step) for step in range(1, 6)}
+        neighbours = {master_port_for_step(other, 0) for other in range(job_id - 1000, job_id + 1000)}
+        assert not steps & neighbours
 
 
 @pytest.mark.parametrize("job_id", ["", "abc", "12_3", "-5", "1.5", None])

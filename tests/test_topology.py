@@ -60,10 +60,55 @@ def test_slurm_variables_with_uneven_tasks_per_node():
     assert topology.launcher == "slurm" and topology.job_id == "42"
 
 
-def test_slurm_without_master_address_says_which_variables():
+def test_slurm_without_a_node_list_or_master_address_says_which_variables():
     env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2"}
-    with pytest.raises(UserError, match="MASTER_ADDR and MASTER_PORT"):
+    with pytest.raises(UserError, match="SLURM_STEP_NODELIST or SLURM_JOB_NODELIST.*export MASTER_ADDR and MASTER_PORT"):
         detect(env=env, visible_gpus=0)
+
+
+SRUN_STEP = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "SLURM_NODEID": "0",
+             "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_STEP_NUM_NODES": "1", "SLURM_JOB_ID": "4242",
+             "SLURM_STEP_ID": "0", "SLURM_JOB_NODELIST": "localhost", "SLURM_STEP_NODELIST": "localhost"}
+
+
+def test_plain_srun_derives_the_rendezvous_from_the_step():
+    from launcher.slurm import master_port_for_step
+
+    topology = detect(env=SRUN_STEP, visible_gpus=0)
+    assert (topology.launcher, topology.rank, topology.world_size) == ("slurm", 1, 2)
+    assert (topology.master_addr, topology.master_port) == ("localhost", master_port_for_step("4242", 0))
+
+
+def test_two_steps_of_one_job_get_different_ports():
+    first = detect(env=SRUN_STEP, visible_gpus=0)
+    second = detect(env=dict(SRUN_STEP, SLURM_STEP_ID="1"), visible_gpus=0)
+    assert first.master_port != second.master_port and 20000 <= second.master_port < 32000
+
+
+def test_exported_master_address_and_port_win_each_on_its_own():
+    assert detect(env=dict(SRUN_STEP, MASTER_ADDR="10.1.2.3", MASTER_PORT="23456"),
+                  visible_gpus=0).master_port == 23456
+    only_address = detect(env=dict(SRUN_STEP, MASTER_ADDR="10.1.2.3"), visible_gpus=0)
+    assert (only_address.master_addr, only_address.master_port) == ("10.1.2.3", detect(env=SRUN_STEP, visible_gpus=0).master_port)
+    only_port = detect(env=dict(SRUN_STEP, MASTER_PORT="23457"), visible_gpus=0)
+    assert (only_port.master_addr, only_port.master_port) == ("localhost", 23457)
+
+
+def test_the_step_node_list_wins_over_the_job_node_list():
+    # Task 0 of a step that runs on part of the allocation is on the step's first node.
+    env = dict(SRUN_STEP, SLURM_JOB_NODELIST="no-such-node-x1.invalid,localhost", SLURM_STEP_NODELIST="localhost")
+    assert detect(env=env, visible_gpus=0).master_addr == "localhost"
+
+
+def test_a_job_id_that_is_not_a_number_names_the_variable_and_the_override():
+    with pytest.raises(UserError, match=r"SLURM_JOB_ID='x1'.*export MASTER_ADDR and MASTER_PORT"):
+        detect(env=dict(SRUN_STEP, SLURM_JOB_ID="x1"), visible_gpus=0)
+
+
+def test_a_one_task_step_needs_no_rendezvous():
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"}   # no node list: none needed
+    topology = detect(env=env, visible_gpus=0)
+    assert (topology.launcher, topology.world_size, topology.master_port) == ("slurm", 1, 0)
 
 
 def test_a_non_integer_rank_names_the_variable():
