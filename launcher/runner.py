@@ -11,6 +11,11 @@ Batch numbers come from this process's main thread (the sampler): its own batche
 schedule, the store's atomic counter under the dynamic one. The DataLoader asks for the next chunk only
 as it hands one out, so a process holds about one batch beyond the one it is generating: at the end of a
 dynamic run no process sits on claimed batches that an idle one could run.
+
+The workers ignore SIGTERM / SIGUSR1 (Slurm signals every process of a step; the rank decides when to
+stop), so they are ended explicitly on every way out of the loop (`shut_down_workers`), and the kernel
+kills a worker whose rank dies (PR_SET_PDEATHSIG). A user error met in a worker (a corrupt image) comes
+back as its own one-line message, not wrapped in torch's worker traceback.
 """
 from __future__ import annotations
 
@@ -330,7 +335,11 @@ def kill_preprocessing_workers() -> None:
     """SIGKILL every live child this process started through multiprocessing: the preprocessing workers
     (nothing else here starts any). For the monitor thread, which ends the process with `os._exit` while
     the main thread may be inside the batch loop, and as the last check before a normal exit."""
-    for child in multiprocessing.active_children():
+    try:
+        children = multiprocessing.active_children()
+    except Exception:   # the main thread is starting workers this instant; PR_SET_PDEATHSIG still ends them
+        children = []
+    for child in children:
         with contextlib.suppress(Exception):
             child.kill()
             child.join(5.0)

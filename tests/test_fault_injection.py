@@ -142,7 +142,7 @@ def test_a_corrupt_image_stops_the_run_then_skip_records_it(native_checkpoint, d
     broken["image"] = str(corrupt)
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(lines[:5] + [json.dumps(broken)] + lines[6:12]) + "\n")
-    # The corrupt image is found while estimating costs, before any generation (fail fast).
+    # The file exists, so the check before loading passes it; decoding it (when its batch is prepared) fails.
     args = run_args(native_checkpoint, data_root, tmp_path / "out", "--data", data, "--allow-outside-root",
                     "--max-new-tokens", "4")
     failed = torchrun(2, args)
