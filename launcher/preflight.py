@@ -94,8 +94,13 @@ def find_bad_images(items: Sequence[Item], indices: Sequence[int] | None = None,
 
 
 def bad_images_error(task_name: str, bad: Sequence[BadImage], checked: int) -> DataError:
-    """The `--on-bad-item error` stop: the total, the first `SHOWN` files with data file and line, the fix."""
-    files = f"{len(bad)} image file{'s' if len(bad) != 1 else ''}"
+    """The `--on-bad-item error` stop: the total, the first `SHOWN` files with data file and line, the fix
+    (one line when one file is bad)."""
+    if len(bad) == 1:
+        return DataError(f"{task_name}: image file {bad[0].describe()} (of {checked} checked before loading the "
+                         "model); fix the path or --image-root, or pass --on-bad-item skip to record the item as "
+                         "skipped and go on")
+    files = f"{len(bad)} image files"
     shown = f"; the first {SHOWN}" if len(bad) > SHOWN else ""
     lines = [f"{task_name}: {files} cannot be read (of {checked} checked before loading the model){shown}:"]
     lines += [f"  {entry.describe()}" for entry in bad[:SHOWN]]

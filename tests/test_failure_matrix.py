@@ -264,6 +264,7 @@ def test_every_failure_ends_every_process_with_its_verdict_and_keeps_the_journal
         assert "no_such_image.png" in root["message"] and f"data.jsonl:{BAD_INDEX + 1}" in root["message"]
         assert f"item {bad_id!r}" in root["message"] and "--on-bad-item skip" in root["message"]
         assert "model loaded" not in stderr            # found before the model loads
+        assert "\n" not in root["message"]              # one bad file: one line
     elif case.kind == "corrupt-image":
         assert f"item {bad_id!r}" in root["message"] and "corrupt.png" in root["message"]
         assert "--on-bad-item skip" in root["message"]

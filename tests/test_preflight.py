@@ -66,6 +66,13 @@ def test_the_stop_lists_the_first_ten_with_the_total_and_the_flag():
     assert len(lines) == 13
 
 
+def test_one_bad_file_is_one_line():
+    message = str(bad_images_error("vqa", [BadImage(4, "q4", "/img/4.png", "d.jsonl:5", "not found")], checked=12))
+    assert message == ("vqa: image file /img/4.png (d.jsonl:5, item 'q4'): not found (of 12 checked before loading "
+                       "the model); fix the path or --image-root, or pass --on-bad-item skip to record the item as "
+                       "skipped and go on")
+
+
 def test_each_process_checks_only_its_share_and_all_get_every_finding(tmp_path, monkeypatch):
     """Three 'processes' (threads sharing a store) check 300 items: each stats its own 100 paths."""
     paths = [tmp_path / f"{index}.png" for index in range(300)]
