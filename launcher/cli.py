@@ -11,7 +11,7 @@ Launch modes (the same script in each)::
     # one node, a model that needs 2 GPUs: 4 replicas of 2 GPUs each
     torchrun --nproc_per_node 4 launch.py --checkpoint ckpt/ --task mmbench_dev_en --gpus-per-model 2
 
-    # SLURM, one task per GPU (slurm/eval_srun.sbatch exports MASTER_ADDR / MASTER_PORT)
+    # SLURM, one task per GPU (launch.py derives MASTER_ADDR / MASTER_PORT from the step; exported ones win)
     srun --ntasks-per-node 8 python launch.py --checkpoint ckpt/ --task textvqa_val
 
     # SLURM, one torchrun per node (slurm/eval_torchrun.sbatch)
