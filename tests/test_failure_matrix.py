@@ -21,6 +21,7 @@ the production code has no test hook.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -109,8 +110,28 @@ class Started:
         return "\n".join(path.read_text(errors="replace") for path in self.logs)
 
 
+@contextlib.contextmanager
+def sigint_not_ignored():
+    """A shell starts background jobs with SIGINT ignored, and their children inherit that: Ctrl-C would not
+    reach a run started from a test run in the background. Children of a process that catches SIGINT start
+    with the default action, as a run started from a terminal does."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, previous)
+
+
 def start(case: Case, args: list[str], marker: str, logs: Path) -> Started:
     """The run, its stderr into files (a pipe nobody reads could fill and block a process)."""
+    with sigint_not_ignored():
+        return _start(case, args, marker, logs)
+
+
+def _start(case: Case, args: list[str], marker: str, logs: Path) -> Started:
     env = child_env(exit_check=True, FAULT_CASE=marker)
     if case.launcher == "ranks":
         port, files, processes = free_port(), [], []
