@@ -183,6 +183,8 @@ class Adapter:
         self.device_map = dict(device_map or {})
         self.quantization = quantization
         self._decoder: Any = None        # GreedyDecoder once made; False when generate must be used
+        # Set by the run where `prefix_sharing.unsupported_reason` allows it: collate then shares image prefixes.
+        self.prefix_sharing = False
         if _first_device(model).type == "cuda":
             avoid_per_shape_attention_plans()
 
@@ -217,8 +219,10 @@ class Adapter:
     def _new_tokens(self, inputs: dict[str, torch.Tensor], settings: GenerationSettings) -> torch.Tensor:
         """The generated token ids [B, n] after the prompt: our greedy loop where it applies (one
         `GreedyDecoder` per adapter, so batches of one shape reuse its CUDA graph), else `generate`."""
+        from launcher import prefix_sharing
         from launcher.fast_decode import FastDecodeError, GreedyDecoder
 
+        shared = prefix_sharing.is_shared(inputs)
         if settings.fast_greedy and self._decoder is None:
             self._decoder = False
             if self.fast_decode_unsupported() is None:
@@ -227,7 +231,8 @@ class Adapter:
                                               use_cuda_graph=_first_device(self.model).type == "cuda")
         if settings.fast_greedy and self._decoder:
             try:
-                return self._decoder.generate(inputs, settings.max_new_tokens)
+                return self._decoder.generate(prefix_sharing.SharedPrompt(inputs) if shared else inputs,
+                                              settings.max_new_tokens)
             except FastDecodeError as error:   # e.g. a capture that fails: say so once, then use generate
                 print(f"[launcher] fast greedy decoding failed, using transformers' generate: {error}",
                       file=sys.stderr, flush=True)
@@ -237,6 +242,8 @@ class Adapter:
                 # retries the batch in halves.
                 self._decoder.release()
                 raise
+        if shared:   # generate takes the plain batch
+            inputs = prefix_sharing.unshared_tensors(inputs, self.tokenizer.pad_token_id or 0)
         output = self.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=self.tokenizer.pad_token_id)
         return output[:, inputs["input_ids"].shape[1]:]
 
@@ -409,6 +416,12 @@ class NativeImageTextAdapter(Adapter):
 
     def collate(self, items: Sequence[Item], prompts: Sequence[str],
                 images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
+        if self.prefix_sharing:
+            from launcher.prefix_sharing import collate_shared
+
+            shared = collate_shared(self, items, prompts, images)
+            if shared is not None:
+                return shared
         texts = [self.text(prompt, len(item_images)) for prompt, item_images in zip(prompts, images)]
         flat = [image for item_images in images for image in item_images]
         deferred = self.pixel_normalization is not None
@@ -439,7 +452,8 @@ class NativeImageTextAdapter(Adapter):
         return {**super().describe(), "processor": type(self.processor).__name__,
                 "image_processor": type(image_processor).__name__ if image_processor is not None else None,
                 "processor_kwargs": dict(self.processor_kwargs),
-                "pixel_transfer": _pixel_transfer(self.pixel_normalization), "decode": self._decode_description()}
+                "pixel_transfer": _pixel_transfer(self.pixel_normalization), "decode": self._decode_description(),
+                "prefix_sharing": self.prefix_sharing}
 
 
 def _per_channel(value: Any) -> tuple[float, ...]:
