@@ -185,6 +185,8 @@ class Adapter:
         self._decoder: Any = None        # GreedyDecoder once made; False when generate must be used
         # Set by the run where `prefix_sharing.unsupported_reason` allows it: collate then shares image prefixes.
         self.prefix_sharing = False
+        # Batches generated in the shared layout, their items and their distinct prefixes (vision + prefill runs).
+        self.sharing_counts = {"batches": 0, "items": 0, "prefixes": 0}
         if _first_device(model).type == "cuda":
             avoid_per_shape_attention_plans()
 
@@ -223,6 +225,10 @@ class Adapter:
         from launcher.fast_decode import FastDecodeError, GreedyDecoder
 
         shared = prefix_sharing.is_shared(inputs)
+        if shared:
+            self.sharing_counts["batches"] += 1
+            self.sharing_counts["items"] += int(inputs[prefix_sharing.MEMBER_GROUP].shape[0])
+            self.sharing_counts["prefixes"] += int(inputs[prefix_sharing.PREFIX_GROUP].shape[0])
         if settings.fast_greedy and self._decoder is None:
             self._decoder = False
             if self.fast_decode_unsupported() is None:

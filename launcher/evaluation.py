@@ -183,6 +183,7 @@ class Evaluation:
                                groups=groups)
         progress = _Progress(self, task.name, total=len(items), initial=len(items) - len(pending))
         journal = Journal(journal_path(task_dir, topology.rank, attempt))
+        counts_before = dict(adapter.sharing_counts)
         try:
             result = run_batches(
                 task=task, items=items, prompts=prompts, batches=batches, adapter=adapter, settings=settings,
@@ -197,6 +198,7 @@ class Evaluation:
             {"items": result.items_done, "batches": result.batches, "skipped": result.skipped,
              "oom_splits": result.oom_splits, "seconds": round(result.seconds, 3), "host": topology.hostname,
              "batch_size": choice.to_json(),
+             "prefix_sharing": {key: adapter.sharing_counts[key] - counts_before[key] for key in counts_before},
              "timeline": self._timeline(result)}))
         if config.no_shared_fs:
             own_rows = _rows_of(journal.path)
