@@ -261,6 +261,8 @@ class Adapter:
             ", CUDA graph" if _first_device(self.model).type == "cuda" else ", eager") + " (sampling, beams: generate)"
 
     def _prompt_tokens(self, prompt: str) -> int:
+        if not prompt:       # the image part of a cost alone (prefix sharing): no tokenizer call
+            return 0
         return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     @staticmethod
@@ -372,6 +374,7 @@ class NativeImageTextAdapter(Adapter):
         self.image_token = getattr(processor, "image_token", None) or "<image>"
         # None: collate ships the processor's float32 pixel values as they are.
         self.pixel_normalization = self.deferred_normalization()
+        self._image_token_counts: dict[tuple[int, int], int] = {}
 
     def text(self, prompt: str, num_images: int) -> str:
         """The model's chat-formatted text for one item: one image part per image, then the prompt."""
@@ -443,6 +446,14 @@ class NativeImageTextAdapter(Adapter):
         return _strip(self.tokenizer.batch_decode(self._new_tokens(inputs, settings), skip_special_tokens=True))
 
     def _image_tokens(self, width: int, height: int) -> int:
+        # Asked for every item before a task starts (costs): the processor's count takes milliseconds, and
+        # images of one size (or one image asked about many times) have one count.
+        key = (width, height)
+        if key not in self._image_token_counts:
+            self._image_token_counts[key] = self._count_image_tokens(width, height)
+        return self._image_token_counts[key]
+
+    def _count_image_tokens(self, width: int, height: int) -> int:
         processor = self.processor
         try:
             counted = processor._get_num_multimodal_tokens(image_sizes=[(height, width)], **self.processor_kwargs)

@@ -253,8 +253,9 @@ class Evaluation:
         """Each item's cost (LLM tokens); with `shared_costs`, also fills in its image part (the cost
         without the prompt), what prefix sharing pays once per group."""
         costs: dict[int, float] = {}
+        headers: dict[Any, Any] = {}      # an image asked about by several items is read once
         for index in indices:
-            sizes = [image_size(source) for source in items[index].images]
+            sizes = [_cached_image_size(source, headers) for source in items[index].images]
             costs[index] = float(adapter.estimate_cost(items[index], prompts[index], [s for s in sizes if s]))
             if shared_costs is not None:
                 shared_costs[index] = float(adapter.estimate_cost(items[index], "", [s for s in sizes if s]))
@@ -453,6 +454,15 @@ class _Progress:
                 self.evaluation.coordinator.tick_callbacks.remove(self._refresh)
                 self.bar.close()
                 self.bar = None
+
+
+def _cached_image_size(source: Any, headers: dict[Any, Any]) -> tuple[int, int] | None:
+    try:
+        if source not in headers:
+            headers[source] = image_size(source)
+        return headers[source]
+    except TypeError:     # an unhashable source
+        return image_size(source)
 
 
 def _rows_of(path: Path) -> dict[str, dict]:

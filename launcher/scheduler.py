@@ -116,9 +116,11 @@ def cost_batches(indices: Sequence[int], costs: Mapping[int, float] | Sequence[f
     current_cost = 0.0
     for unit in units:
         unit_cost = sum(costs[index] for index in unit)
-        fits = len(unit) > batch_size or len(current) + len(unit) <= batch_size
-        too_costly = max_batch_cost is not None and current and current_cost + unit_cost > max_batch_cost
-        tail_full = (tail_share is not None and len(current) >= tail_min_items
+        oversize = len(unit) > batch_size     # fills whatever is open: closing first would leave a small batch
+        fits = oversize or len(current) + len(unit) <= batch_size
+        too_costly = (max_batch_cost is not None and current and not oversize
+                      and current_cost + unit_cost > max_batch_cost)
+        tail_full = (tail_share is not None and len(current) >= tail_min_items and not oversize
                      and current_cost + unit_cost > remaining * tail_share)
         if current and (not fits or len(current) == batch_size or too_costly or tail_full):
             batches.append(current)

@@ -332,3 +332,11 @@ def test_sharing_predicts_exactly_what_the_unshared_run_predicts(processes, sche
     expected_batch = {"batch_size": 16, "source": "cpu"} if batch_size == "auto" else {"batch_size": 4,
                                                                                         "source": "flag"}
     assert {key: entry["batch_size"][key] for key in ("batch_size", "source")} == expected_batch
+
+
+def test_groups_larger_than_a_batch_fill_whole_batches_under_the_cost_cap():
+    groups = {index: index // 18 for index in range(72)}                 # POPE: 18 questions per image
+    costs = prefix_sharing.effective_costs({index: 300.0 for index in groups}, {index: 258.0 for index in groups},
+                                           groups, batch_size=16)
+    batches = plan_batches(list(groups), costs, 16, 0, 1, False, groups=groups)
+    assert [len(batch) for batch in batches] == [16, 16, 16, 16, 8]
