@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[prefix] set {name}: {report['sets'][name]}", flush=True)
 
     # Warm-up: kernels, allocator, worker fork, each set's shapes once (not timed).
-    for name, synthetic in built.items():
+    for name, synthetic in built.items() if args.warmup_items > 0 else ():
         warm = SyntheticSet(name, synthetic.items[:args.warmup_items], synthetic.dynamic, synthetic.max_num)
         run_ours(model, processor, warm, dtype, settings, batch_size=None, sharing=True,
                  num_workers=args.num_workers, free_bytes=free)
