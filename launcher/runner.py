@@ -130,7 +130,8 @@ def join_chunks(parts: Sequence[PreparedBatch], pin_memory: bool, prepare: Prepr
     from launcher.prefix_sharing import mixed_parts_as_plain
 
     inputs = [part.inputs for part in parts if part.inputs is not None]
-    inputs = mixed_parts_as_plain(inputs, getattr(getattr(prepare.adapter, "tokenizer", None), "pad_token_id", None))
+    tokenizer = getattr(getattr(prepare, "adapter", None), "tokenizer", None)
+    inputs = mixed_parts_as_plain(inputs, getattr(tokenizer, "pad_token_id", None))
     indices = [i for part in parts for i in part.indices]
     skipped = {i: reason for part in parts for i, reason in part.skipped.items()}
     try:
