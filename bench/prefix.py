@@ -33,6 +33,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -160,29 +161,45 @@ def release_memory() -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.models import build_random_internvl
+    from bench.models import build_config, build_random_internvl
     from launcher.batch_size import free_bytes
 
     started = time.monotonic()
     deadline = started + args.budget_s
     device, dtype = one_device(args.device)
-    model, processor = build_random_internvl(args.shape, device, dtype)
-    print(f"[prefix] built {args.shape}: {model.bench_info}", flush=True)
-    tile = int(model.config.vision_config.image_size[0])
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    free = free_bytes([device])
-    report: dict[str, Any] = {"kind": "prefix_sharing", "shape": args.shape, "model": model.bench_info,
-                              "environment": device_description(device), "max_new_tokens": args.max_new_tokens,
-                              "num_workers": args.num_workers, "free_bytes_after_build": free, "sets": {},
-                              "rows": [], "skipped": []}
+    image_size = build_config(args.shape).vision_config.image_size
+    tile = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size)
+    # The sets first: their images are encoded in forked processes, before this process holds a CUDA context.
+    sets: dict[str, Any] = {}
     scratch = Path(tempfile.mkdtemp(prefix="bench_prefix_"))
     sizes = {"pope": args.pope_items, "docvqa": args.docvqa_items, "distinct": args.distinct_items}
     built: dict[str, SyntheticSet] = {}
     for name in args.sets:
         made = time.perf_counter()
         built[name] = make_set(name, sizes[name], tile, args.seed).to_files(scratch / name)
-        report["sets"][name] = {**built[name].describe(), "build_s": round(time.perf_counter() - made, 1)}
-        print(f"[prefix] set {name}: {report['sets'][name]}", flush=True)
+        sets[name] = {**built[name].describe(), "build_s": round(time.perf_counter() - made, 1)}
+        print(f"[prefix] set {name}: {sets[name]}", flush=True)
+    model, processor = build_random_internvl(args.shape, device, dtype)
+    print(f"[prefix] built {args.shape}: {model.bench_info}", flush=True)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    free = free_bytes([device])
+    report: dict[str, Any] = {"kind": "prefix_sharing", "shape": args.shape, "model": model.bench_info,
+                              "environment": device_description(device), "max_new_tokens": args.max_new_tokens,
+                              "num_workers": args.num_workers, "free_bytes_after_build": free, "sets": sets,
+                              "rows": [], "skipped": []}
+    try:
+        _rows(args, report, model, processor, built, device, dtype, settings, free, deadline)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if device.type == "cuda":
+        report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    report["seconds_total"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def _rows(args: argparse.Namespace, report: dict[str, Any], model, processor, built: dict[str, SyntheticSet],
+          device: torch.device, dtype: torch.dtype, settings: GenerationSettings, free: int | None,
+          deadline: float) -> None:
 
     # Warm-up: kernels, allocator, worker fork, each set's shapes once (not timed).
     for name, synthetic in built.items() if args.warmup_items > 0 else ():
@@ -247,10 +264,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     default["items_per_s"] / max(row["items_per_s"] for row in fixed), 3)
             if plain:
                 ratios["default_over_plain_static"] = round(default["items_per_s"] / plain[0]["items_per_s"], 3)
-    if device.type == "cuda":
-        report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    report["seconds_total"] = round(time.monotonic() - started, 1)
-    return report
 
 
 TARGETS = {"pope_sharing_speedup": 3.0, "docvqa_sharing_speedup": 2.5, "default_over_best_fixed": 1.0,
