@@ -5,9 +5,9 @@
 #   bash bench/gpu_prefix.sh [SHAPES]        SHAPES: comma list of 2b, 8b (default "2b,8b")
 #
 # Runs from a fresh checkout with PYTHONPATH=. (no network, nothing installed): one `python -m bench.prefix`
-# per shape, each with what is left of BENCH_BUDGET_S (default 540 s, inside one 10-minute device command; rows that would start too late are
-# skipped and listed in the JSON), then the targets table over both. Writes $OUT/prefix_<shape>.json and
-# $OUT/prefix.log (OUT defaults to bench/out).
+# per shape, each with what is left of BENCH_BUDGET_S (default 540 s: one 10-minute device command; rows that
+# would start too late are skipped and listed in the JSON), then the targets table over both. Writes
+# $OUT/prefix_<shape>.json and $OUT/prefix.log (OUT defaults to bench/out).
 # BENCH_DEVICE=cpu runs the same with the tiny model on the CPU (a check of this script, not a measurement).
 set -u
 OUT=${OUT:-bench/out}
