@@ -25,8 +25,8 @@ from launcher.images import image_size
 from launcher.journal import Journal, journal_path, next_attempt, read_journal, read_journals
 from launcher.outputs import (atomic_write_json, atomic_write_jsonl, atomic_write_text, check_fingerprint, checkpoint_identity,
                               git_revision, versions)
-from launcher.runner import StopFlag, default_num_workers, install_signal_handlers, run_batches
 from launcher import prefix_sharing
+from launcher.runner import StopFlag, default_num_workers, install_signal_handlers, run_batches
 from launcher.scheduler import plan_batches, shard_indices
 from launcher.topology import Topology, connect, detect, disconnect
 
@@ -125,7 +125,7 @@ class Evaluation:
 
     def _setup_speed(self, adapter, devices) -> None:
         """Prefix sharing on or off (and why), and the free GPU memory `--batch-size auto` starts from."""
-        from launcher import batch_size, prefix_sharing
+        from launcher import batch_size
 
         reason = "turned off by --no-prefix-sharing"
         if self.config.prefix_sharing:
@@ -274,8 +274,6 @@ class Evaluation:
         tiles = max(1, images) * (config.max_num + 1 if config.dynamic else 1)
         model_config = getattr(adapter.model, "config", None)
         return auto_batch_size(model_config, int(adapter.dtype.itemsize), free, longest, settings.max_new_tokens, tiles)
-
-
     # ----- endings
     def _finish(self) -> None:
         topology = self.topology
