@@ -16,7 +16,8 @@ shares an image prefix with others in its batch reuse one computation of it:
    where the tokenizer starts a new segment after the image (InternVL's `</img>` is a special token);
    otherwise every member goes through the processor (same ids, slower). Within a group the shared prefix
    is the longest common prefix of the members' ids (at least through the image, never a member's last
-   token). A chunk without any image shared by two items collates as before.
+   token). A batch without any image asked about twice collates as before; in a batch with one, every chunk
+   is in the shared layout (chunks of one batch join only in one layout).
 3. Prefill (`SharedPrompt.prefill`, called by `fast_decode.GreedyDecoder.generate`): the full model (vision
    tower, projector, language model) over the G group prefixes into a `DynamicCache`; each layer's K/V rows
    are then copied to the B members' rows of the decoder's `StaticCache` (columns `[0, P)`); then the
@@ -152,6 +153,14 @@ def describe_groups(groups: Mapping[int, Hashable]) -> dict[str, Any]:
             "mean_items_per_group": round(sum(sizes) / len(sizes), 2)}
 
 
+def batch_shares(batch: Sequence[int], groups: Mapping[int, Hashable] | None) -> bool:
+    """Whether a batch holds two items of one group (its chunks are then all collated in the shared layout)."""
+    if groups is None:
+        return False
+    keys = [groups.get(index, ("item", index)) for index in batch]
+    return len(set(keys)) < len(keys)
+
+
 def chunk_ranges(batch: Sequence[int], parts: int, groups: Mapping[int, Hashable] | None) -> list[tuple[int, int]]:
     """`[start, end)` ranges cutting `batch` into about `parts` chunks for the preprocessing workers.
 
@@ -203,9 +212,11 @@ def _left_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor,
 
 
 def collate_shared(adapter: Any, items: Sequence["Item"], prompts: Sequence[str],
-                   images: Sequence[Sequence[Any]]) -> "ModelInputs | None":
+                   images: Sequence[Sequence[Any]], *, without_repeats: bool = False) -> "ModelInputs | None":
     """The shared layout of one chunk (module docstring, 2), or None where the plain collate should serve:
-    an item without images, no image shared by two items, or processor outputs the layout cannot carry."""
+    an item without images, no image shared by two items (unless `without_repeats`: another chunk of the
+    batch has one, and chunks of one batch join only in one layout), or processor outputs the layout cannot
+    carry."""
     from launcher.adapters import ModelInputs
 
     if not items or any(not item_images for item_images in images):
@@ -220,7 +231,7 @@ def collate_shared(adapter: Any, items: Sequence["Item"], prompts: Sequence[str]
             return None
         end += len(marker)
         members_of.setdefault((key, text[:end]), []).append(position)
-    if all(len(members) == 1 for members in members_of.values()):
+    if not without_repeats and all(len(members) == 1 for members in members_of.values()):
         return None
     tokenizer = adapter.tokenizer
     deferred = adapter.pixel_normalization is not None

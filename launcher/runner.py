@@ -53,7 +53,9 @@ class Preprocessor:
         self.adapter = adapter
         self.on_bad_item = on_bad_item
 
-    def __call__(self, number: int, indices: list[int]) -> PreparedBatch:
+    def __call__(self, number: int, indices: list[int], shared: bool = False) -> PreparedBatch:
+        """`shared`: the batch these items belong to asks about an image more than once, so every chunk of it
+        is collated in the shared layout (`prefix_sharing`), those without a repeat of their own included."""
         kept, images, skipped = [], [], {}
         decoded: dict[Any, Any] = {}     # an image asked about by several items is decoded once
         for index in indices:
@@ -69,7 +71,13 @@ class Preprocessor:
             images.append(opened)
         inputs = None
         if kept:
-            inputs = self.adapter.collate([self.items[i] for i in kept], [self.prompts[i] for i in kept], images)
+            items, prompts = [self.items[i] for i in kept], [self.prompts[i] for i in kept]
+            if shared and getattr(self.adapter, "prefix_sharing", False):
+                from launcher.prefix_sharing import collate_shared
+
+                inputs = collate_shared(self.adapter, items, prompts, images, without_repeats=True)
+            if inputs is None:
+                inputs = self.adapter.collate(items, prompts, images)
         return PreparedBatch(number, kept, inputs, skipped)
 
     @staticmethod
@@ -91,6 +99,7 @@ class Chunk:
     part: int
     parts: int
     indices: tuple[int, ...]
+    shared: bool = False      # the batch asks about an image twice (`Preprocessor`)
 
 
 class _ChunkKeys:
@@ -106,14 +115,15 @@ class _ChunkKeys:
         self.groups = groups      # image groups (prefix sharing): chunks end at group boundaries
 
     def __iter__(self):
-        from launcher.prefix_sharing import chunk_ranges
+        from launcher.prefix_sharing import batch_shares, chunk_ranges
 
         numbers = iter(self.queue) if self.queue is not None else iter(range(len(self.batches)))
         for number in numbers:
             batch = self.batches[number]
             ranges = chunk_ranges(batch, self.workers, self.groups)
+            shared = batch_shares(batch, self.groups)
             for part, (start, end) in enumerate(ranges):
-                yield Chunk(number, part, len(ranges), tuple(batch[start:end]))
+                yield Chunk(number, part, len(ranges), tuple(batch[start:end]), shared)
 
 
 class _Chunks(Dataset):
@@ -121,7 +131,7 @@ class _Chunks(Dataset):
         self.prepare = prepare
 
     def __getitem__(self, chunk: Chunk) -> tuple[Chunk, PreparedBatch]:
-        return chunk, self.prepare(chunk.number, list(chunk.indices))
+        return chunk, self.prepare(chunk.number, list(chunk.indices), chunk.shared)
 
 
 def join_chunks(parts: Sequence[PreparedBatch], pin_memory: bool, prepare: Preprocessor) -> PreparedBatch:
