@@ -84,15 +84,17 @@ def build_config(shape: str, tokenizer: Any | None = None) -> Any:
 
 def build_processor(config: Any, tokenizer: Any | None = None) -> Any:
     """An `InternVLProcessor` for `config`: our tokenizer, GotOcr2 tiles of the model's size, ImageNet mean/std."""
-    from launcher.adapters import _InternVLProcessorWithoutVideo
+    from transformers import InternVLProcessor
+
+    from launcher.adapters import VideoProcessorLeftOut, processor_without_video
     from launcher.tiny_models import CHAT_TEMPLATE, build_tokenizer
 
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     image_size = config.vision_config.image_size
     image_size = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size)
-    return _InternVLProcessorWithoutVideo.build(image_processor=_image_processor(image_size), tokenizer=tokenizer,
-                                                image_seq_length=int(config.image_seq_length),
-                                                chat_template=CHAT_TEMPLATE)
+    return processor_without_video(InternVLProcessor)(
+        image_processor=_image_processor(image_size), tokenizer=tokenizer, video_processor=VideoProcessorLeftOut(),
+        image_seq_length=int(config.image_seq_length), chat_template=CHAT_TEMPLATE)
 
 
 def _image_processor(image_size: int) -> Any:

@@ -4,6 +4,7 @@ Subcommands (each module has a `main(argv) -> exit code`):
   score    rescore predictions without a model (launcher/rescore.py)
   sweep    many checkpoints x tasks as one resumable job, here or as a Slurm job array (launcher/sweep.py)
   report   one table and one HTML page for every run under a folder (launcher/report.py)
+  convert  write an original InternVL folder once as a native checkpoint (launcher/convert_command.py)
 """
 import importlib
 import sys
@@ -12,6 +13,7 @@ SUBCOMMANDS = {
     "score": "launcher.rescore",
     "sweep": "launcher.sweep",
     "report": "launcher.report",
+    "convert": "launcher.convert_command",
 }
 
 if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:

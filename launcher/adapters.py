@@ -17,10 +17,17 @@ construction shows its processor's bytes, normalised by us, equal its own float 
 
 Adapters:
 
-* `NativeImageTextAdapter`: transformers-native image-text-to-text models (InternVL `-hf`, LLaVA,
-  Qwen2-VL, ...): the processor's chat template (one image part per image, then the prompt), the
-  processor, `model.generate`. InternVL's `--dynamic --max-num M` reach its processor through
-  `tiling.native_processor_kwargs`.
+* `NativeImageTextAdapter`: transformers-native image-text-to-text models (the families of
+  `launcher.tiny_families`: Qwen2/2.5/3-VL, LLaVA, LLaVA-NeXT, LLaVA-OneVision, Idefics3, SmolVLM, Gemma 3,
+  PaliGemma, Mllama, InternVL `-hf`, Aya Vision, GLM-4.1V): inputs exactly as
+  `processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)`
+  builds them (the template rendered, no special tokens added when it wrote BOS itself, images EXIF-rotated
+  and given to the processor as one list per item), PaliGemma's model-card prompt where there is no chat
+  template, only the tensors `generate` takes (no `labels`), then `model.generate` or our greedy loop. What
+  the adapter does for a family (prompt, images, chunk joining, fast decoding) is decided once at load
+  (`FamilyCapabilities`, probed, not assumed) and recorded in run.json. Processors whose video processor
+  needs torchvision are built with it left out (`build_processor_without_video`). InternVL's `--dynamic
+  --max-num M` reach its processor through `tiling.native_processor_kwargs`.
 * `InternVLChatAdapter`: remote-code InternVLChatModel checkpoints. Tiling by `launcher.tiling`
   (InternVL's `dynamic_preprocess` + `build_transform`), the query built exactly as InternVL's
   `chat` / `batch_chat` build it (the model's own conversation template and system message,
@@ -77,6 +84,9 @@ class ModelInputs:
     extra: dict[str, Any] = field(default_factory=dict)
     pixel_normalization: PixelNormalization | None = None
     pad_values: dict[str, int] = field(default_factory=dict)   # left-padded [rows, length, ...] tensors
+    # Per-item tensors [rows, slots, ...] whose empty slots the processor does not fill with zeros: the value of
+    # one empty slot (Mllama's aspect_ratio_mask marks tile 0 of an absent image valid).
+    slot_fill: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.size
@@ -90,10 +100,21 @@ class ModelInputs:
     def join(cls, parts: Sequence["ModelInputs"], pin_memory: bool = False) -> "ModelInputs":
         """One batch from parts collated apart, in order: what one collate of all their items gives.
 
-        Tensors named in `pad_values` (token ids, masks) are left-padded to the longest part, as the
-        tokenizer pads a whole batch; every other tensor (pixel values: rows, tiles or patches) is
-        concatenated on its first dimension; list extras (one entry per item) are chained. The result
-        is written straight into pinned memory when `pin_memory`, the one copy the join costs.
+        Processors pad a batch to its largest member, so parts collated apart differ in shape beyond their
+        first dimension; the join pads each to the largest part the same way:
+
+        * tensors named in `pad_values` (token ids, masks, token types, Mllama's cross-attention mask:
+          `[rows, length, ...]`) are left-padded along the length, as the tokenizer pads a batch, and
+          right-padded with the same value in any further dimension;
+        * every other tensor is concatenated on its first dimension (rows, images, tiles or patches), each
+          part right-padded with zeros in the dimensions where parts differ: the patches of LLaVA-NeXT /
+          OneVision, the images and tile sizes of Idefics3 / SmolVLM and their pixel masks, Mllama's images,
+          tiles and aspect ratios. Processors pad those with zeros at the end too, except in the empty slots
+          named in `slot_fill`, which get that value (as the processor writes it).
+
+        List extras (one entry per item) are chained. The result is written straight into pinned memory when
+        `pin_memory`, the one copy the join costs. Whether the join equals one collate is checked per family
+        at load (`NativeImageTextAdapter`) and by tests for every family of the table.
         """
         first = parts[0]
         if len(parts) == 1:
@@ -104,18 +125,28 @@ class ModelInputs:
         tensors = {}
         for name, tensor in first.tensors.items():
             pieces = [part.tensors[name] for part in parts]
+            if any(piece.dim() != tensor.dim() or piece.dtype != tensor.dtype for piece in pieces):
+                raise ValueError(f"parts hold {name} with different ranks or dtypes: they cannot be joined")
             rows = sum(piece.shape[0] for piece in pieces)
-            if name in first.pad_values:
-                width = max(piece.shape[1] for piece in pieces)
-                joined = torch.full((rows, width, *tensor.shape[2:]), first.pad_values[name], dtype=tensor.dtype,
-                                    pin_memory=pin_memory)
-                row = 0
-                for piece in pieces:
-                    joined[row:row + piece.shape[0], width - piece.shape[1]:] = piece
-                    row += piece.shape[0]
-            else:
-                joined = torch.empty((rows, *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=pin_memory)
-                torch.cat(pieces, out=joined)
+            trailing = [max(piece.shape[dim] for piece in pieces) for dim in range(1, tensor.dim())]
+            fill = first.pad_values.get(name, 0)
+            joined = torch.full((rows, *trailing), fill, dtype=tensor.dtype, pin_memory=pin_memory)
+            row = 0
+            for piece in pieces:
+                target = [slice(row, row + piece.shape[0])]
+                for dim, size in enumerate(piece.shape[1:], start=1):
+                    if dim == 1 and name in first.pad_values:      # left padding of the token axis
+                        target.append(slice(trailing[0] - size, trailing[0]))
+                    else:
+                        target.append(slice(0, size))
+                joined[tuple(target)] = piece
+                slot = first.slot_fill.get(name)
+                if slot is not None and piece.shape[1] < trailing[0]:
+                    empty = joined[row:row + piece.shape[0], piece.shape[1]:]
+                    region = tuple(slice(0, min(a, b)) for a, b in zip(empty.shape[2:], slot.shape))
+                    empty.zero_()
+                    empty[(slice(None), slice(None), *region)] = slot[region]
+                row += piece.shape[0]
             tensors[name] = joined
         extra = {key: [value for part in parts for value in part.extra[key]] for key in first.extra}
         return dataclasses.replace(first, tensors=tensors, size=sum(part.size for part in parts), extra=extra)
@@ -174,6 +205,8 @@ class Adapter:
     """Base class: see the module docstring for the contract of each method."""
 
     name = "adapter"
+    # How an original InternVL folder is run ({"path", "reason"}, launcher/model_code.py); set by the loader.
+    model_code_record: dict[str, str] | None = None
 
     def __init__(self, model: Any, tokenizer: Any, *, dtype: torch.dtype | None = None,
                  device_map: dict[str, Any] | None = None, quantization: str | None = None) -> None:
@@ -208,6 +241,7 @@ class Adapter:
             "device_map": {k: str(v) for k, v in self.device_map.items()},
             "quantization": self.quantization,
             "tokenizer": type(self.tokenizer).__name__,
+            **({"model_code": dict(self.model_code_record)} if self.model_code_record else {}),
         }
 
     def fast_decode_unsupported(self) -> str | None:
@@ -275,34 +309,71 @@ class Adapter:
 # transformers-native image-text-to-text models
 
 
-class _InternVLProcessorWithoutVideo:
-    """Factory of an InternVLProcessor where no video processor can exist (no torchvision).
+class VideoProcessorLeftOut:
+    """Stands in for a processor's video processor where transformers cannot build one (no torchvision).
 
-    transformers' ProcessorMixin checks every sub-processor's class; without torchvision the video
-    processor's base class is not importable and the check fails even for `None`. Images never need
-    the video processor, so the check is skipped for that one argument only.
-    """
+    Images never reach a video processor; a few processors read its frame settings while preparing any
+    conversation (SmolVLM's `apply_chat_template` reads `num_frames` and `fps`), so those exist, as None
+    ("not set"). Anything else says why it is missing."""
 
-    _class: Any = None
+    model_input_names: list[str] = []
+    num_frames = None
+    fps = None
 
-    @classmethod
-    def build(cls, **kwargs: Any) -> Any:
-        if cls._class is None:
-            from transformers import InternVLProcessor
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"this processor was built without its video processor (transformers needs "
+                             f"torchvision for it, and images do not use it): no {name!r}")
 
-            class InternVLProcessorWithoutVideo(InternVLProcessor):
-                def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
-                    if argument is None and argument_name == "video_processor":
-                        return None
-                    return super().check_argument_for_proper_class(argument_name, argument)
+    def __repr__(self) -> str:
+        return "VideoProcessorLeftOut()"
 
-            cls._class = InternVLProcessorWithoutVideo
-        return cls._class(video_processor=None, **kwargs)
+
+_WITHOUT_VIDEO: dict[type, type] = {}
+
+
+def processor_without_video(processor_class: type) -> type:
+    """A subclass of `processor_class` that accepts a `VideoProcessorLeftOut` as its video processor.
+
+    transformers' ProcessorMixin checks every sub-processor's class, and without torchvision the video
+    processor's base class cannot even be imported; the check is skipped for that one argument only."""
+    if processor_class not in _WITHOUT_VIDEO:
+        def check_argument_for_proper_class(self: Any, argument_name: str, argument: Any) -> Any:
+            if argument_name == "video_processor" and isinstance(argument, VideoProcessorLeftOut):
+                return None
+            return processor_class.check_argument_for_proper_class(self, argument_name, argument)
+
+        _WITHOUT_VIDEO[processor_class] = type(processor_class.__name__ + "WithoutVideo", (processor_class,), {
+            "check_argument_for_proper_class": check_argument_for_proper_class,
+            "__module__": processor_class.__module__,
+            "__doc__": f"{processor_class.__name__} with its video processor left out (no torchvision)."})
+    return _WITHOUT_VIDEO[processor_class]
+
+
+def missing_package(error: BaseException) -> str | None:
+    """The package an ImportError from transformers names as missing (torchvision, num2words, ...), or None."""
+    import re
+
+    text = str(error)
+    for pattern in (r"requires the (\w+) library", r"Package `(\w+)` is required", r"No module named '([\w.]+)'",
+                    r"pip install ([\w-]+)"):
+        match = re.search(pattern, text)
+        if match:
+            return match.group(1).split(".")[0].lower()
+    return None
+
+
+def _missing_package_error(path: str, what: str, error: BaseException) -> UserError:
+    package = missing_package(error)
+    if package is None:
+        return UserError(f"--checkpoint {path}: cannot build its {what}: {type(error).__name__}: "
+                         f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+    return UserError(f"--checkpoint {path}: its {what} needs the package {package!r}, which is not installed "
+                     f"here: install {package} (pip install {package}) to evaluate this model")
 
 
 def load_image_processor(path: str) -> Any:
-    """`AutoImageProcessor`, or (transformers 5.17 without torchvision, where AutoImageProcessor
-    refuses) the PIL-backend class named by preprocessor_config.json's `image_processor_type`."""
+    """`AutoImageProcessor`, or (no torchvision) the PIL-backend class of preprocessor_config.json's
+    `image_processor_type`. An image processor that exists only with torchvision is a UserError naming it."""
     import json
     from pathlib import Path
 
@@ -316,45 +387,120 @@ def load_image_processor(path: str) -> Any:
             raise UserError(f"--checkpoint {path}: no image processor (preprocessor_config.json): {error}") from None
         type_name = json.loads(config_file.read_text()).get("image_processor_type", "")
         base = type_name.removesuffix("Fast").removesuffix("Pil")
+        last_error: BaseException = error
         for candidate in (base + "Pil", base):
-            image_processor_class = getattr(transformers, candidate, None)
-            if image_processor_class is not None:
-                try:
+            try:
+                image_processor_class = getattr(transformers, candidate, None)
+                if image_processor_class is not None:
                     return image_processor_class.from_pretrained(path)
-                except ImportError:
-                    continue
-        raise UserError(f"--checkpoint {path}: cannot build its image processor {type_name!r} here: {error}") from None
+            except ImportError as failure:
+                last_error = failure
+        raise _missing_package_error(path, f"image processor {type_name!r}", last_error) from None
+
+
+def _processor_class(path: Any, model_type: str) -> Any:
+    """The processor class processor_config.json names, else the one transformers maps the model type to."""
+    import json
+
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    config_file = path / "processor_config.json"
+    name = json.loads(config_file.read_text()).get("processor_class") if config_file.is_file() else None
+    name = name or PROCESSOR_MAPPING_NAMES.get(model_type)
+    if not name:
+        raise UserError(f"--checkpoint {path}: no processor_config.json and transformers maps no processor to "
+                        f"model type {model_type!r}: nothing here can turn images into this model's inputs")
+    try:
+        processor_class = getattr(transformers, name)
+        processor_class.get_attributes()          # a placeholder class raises here when a backend is missing
+    except (ImportError, AttributeError) as error:
+        raise _missing_package_error(str(path), f"processor {name}", error) from None
+    return processor_class
 
 
 def load_processor(path: str, tokenizer: Any, model_config: Any) -> Any:
-    """The checkpoint's processor: `AutoProcessor`, else (InternVL without torchvision) one built from
-    the tokenizer and the image processor."""
-    import json
-    from pathlib import Path
-
+    """The checkpoint's processor: `AutoProcessor`, else `build_processor_without_video` (no torchvision)."""
     from transformers import AutoProcessor
 
     try:
         return AutoProcessor.from_pretrained(path)
     except (ImportError, ValueError, TypeError, AttributeError, OSError) as error:
-        if getattr(model_config, "model_type", "") != "internvl":
-            raise UserError(f"--checkpoint {path}: cannot build its processor: {error}") from None
-    image_processor = load_image_processor(path)
+        return build_processor_without_video(path, tokenizer, str(getattr(model_config, "model_type", "")),
+                                             reason=error)
+
+
+def build_processor_without_video(path: str, tokenizer: Any, model_type: str,
+                                  reason: BaseException | None = None) -> Any:
+    """The checkpoint's processor class built from its saved parts with the video processor left out
+    (`VideoProcessorLeftOut`): what `AutoProcessor` builds where torchvision is installed, less the video
+    part, which images never use. The class comes from processor_config.json (else transformers' mapping
+    of the model type), its settings from that file, the chat template from chat_template.jinja / .json
+    (else the tokenizer's). A processor that needs a missing package for images (torchvision for
+    Pixtral, num2words for SmolVLM) is a UserError naming it; `reason` is why AutoProcessor failed."""
+    import inspect
+    import json
+    from pathlib import Path
+
     folder = Path(path)
-    image_seq_length = int(getattr(model_config, "image_seq_length", 256))
-    processor_config = folder / "processor_config.json"
-    if processor_config.is_file():
-        image_seq_length = int(json.loads(processor_config.read_text()).get("image_seq_length", image_seq_length))
+    processor_class = _processor_class(folder, model_type)
+    parts: dict[str, Any] = {}
+    for attribute in processor_class.get_attributes():
+        if attribute == "tokenizer":
+            parts[attribute] = tokenizer
+        elif attribute == "image_processor":
+            parts[attribute] = load_image_processor(path)
+        elif attribute == "video_processor":
+            parts[attribute] = VideoProcessorLeftOut()
+        else:
+            raise UserError(f"--checkpoint {path}: {processor_class.__name__} needs a {attribute}, which cannot "
+                            f"be built here" + (f" ({type(reason).__name__}: {reason})" if reason else ""))
+    settings_file = folder / "processor_config.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    accepted = inspect.signature(processor_class.__init__).parameters
+    settings = {key: value for key, value in settings.items() if key in accepted and key not in parts}
     chat_template = getattr(tokenizer, "chat_template", None)
-    template_file = folder / "chat_template.jinja"
-    if template_file.is_file():
-        chat_template = template_file.read_text()
-    return _InternVLProcessorWithoutVideo.build(image_processor=image_processor, tokenizer=tokenizer,
-                                                image_seq_length=image_seq_length, chat_template=chat_template)
+    if (folder / "chat_template.jinja").is_file():
+        chat_template = (folder / "chat_template.jinja").read_text()
+    elif (folder / "chat_template.json").is_file():
+        chat_template = json.loads((folder / "chat_template.json").read_text()).get("chat_template", chat_template)
+    if "chat_template" in accepted:
+        settings["chat_template"] = chat_template
+    try:
+        return processor_without_video(processor_class)(**parts, **settings)
+    except ImportError as error:
+        raise _missing_package_error(path, f"processor {processor_class.__name__}", error) from None
+
+
+@dataclass(frozen=True)
+class FamilyCapabilities:
+    """How the native adapter runs one model family, decided once at load (`NativeImageTextAdapter`) and
+    written to run.json (`describe()["capabilities"]`). Each path is used only where it is known equal to
+    plain transformers for the family (tests/test_families.py)."""
+
+    prompt: str                 # how the text of an item is built
+    images: str                 # how images reach the processor
+    chunk_join: str             # how chunks prepared by different workers become one batch
+    joins_chunks: bool          # False: the runner prepares every batch in one piece
+    fast_decode: str            # "launcher.fast_decode" or "generate: <why>"
+    prefix_sharing: str         # sharing a question-independent prefix between items
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Families whose fast-decode output is proven equal to `generate` by tests/test_families.py (float32,
+# CPU): only these use `launcher.fast_decode`; any other model type decodes with `generate`.
+FAST_DECODE_PROVEN = frozenset({
+    "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v", "llava", "llava_next", "llava_onevision", "idefics3",
+    "smolvlm", "paligemma", "internvl"})
+
+# Processor outputs that `generate` does not take as model inputs (PaliGemma returns training labels).
+_NOT_MODEL_INPUTS = frozenset({"labels"})
 
 
 class NativeImageTextAdapter(Adapter):
-    """Processor + `model.generate` with left padding (module docstring)."""
+    """Processor + `model.generate` with left padding, prompts and image lists as transformers builds them."""
 
     name = "native_image_text"
 
@@ -366,31 +512,53 @@ class NativeImageTextAdapter(Adapter):
         self.tokenizer.padding_side = "left"
         self.dynamic, self.max_num = dynamic, max_num
         self.processor_kwargs: dict[str, Any] = {}
-        if getattr(model.config, "model_type", "") == "internvl":
+        self.model_type = str(getattr(model.config, "model_type", ""))
+        if self.model_type == "internvl":
             from launcher.tiling import native_processor_kwargs
 
             self.processor_kwargs = dict(native_processor_kwargs(dynamic, max_num))
         self.chat_template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
         self.image_token = getattr(processor, "image_token", None) or "<image>"
+        import inspect
+
+        self.model_input_names = frozenset(inspect.signature(model.forward).parameters) - _NOT_MODEL_INPUTS
         # None: collate ships the processor's float32 pixel values as they are.
         self.pixel_normalization = self.deferred_normalization()
         self._image_token_counts: dict[tuple[int, int], int] = {}
+        self._slot_fill: dict[str, torch.Tensor] = {}
+        self._slot_fill = self._probe_slot_fill()
+        self.capabilities = self._decide_capabilities()
+
+    # -- prompts and processor ----------------------------------------------------------------------
 
     def text(self, prompt: str, num_images: int) -> str:
-        """The model's chat-formatted text for one item: one image part per image, then the prompt."""
+        """The text of one item before tokenisation: the chat template over one user turn (one image part per
+        image, then the prompt), as `processor.apply_chat_template` renders it; without a chat template
+        (PaliGemma), one image token per image and the prompt (the processor adds BOS and the newline where
+        the model card puts them)."""
         if self.chat_template:
             content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": prompt}]
-            messages = [{"role": "user", "content": content}]
-            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+            return self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                      add_generation_prompt=True, tokenize=False,
                                                       chat_template=self.chat_template)
-        return "".join(self.image_token + "\n" for _ in range(num_images)) + prompt
+        return self.image_token * num_images + prompt
 
-    def encode(self, texts: Sequence[str], images: Sequence[Image.Image], *, as_bytes: bool) -> Any:
-        """The processor's output for chat-formatted `texts` and all their `images`; `as_bytes`: pixel
-        values without rescale and normalisation (top-level keyword arguments reach the image processor)."""
-        kwargs: dict[str, Any] = {"text": list(texts), "padding": True, "return_tensors": "pt"}
-        if images:
-            kwargs["images"] = list(images)
+    def _adds_special_tokens(self, texts: Sequence[str]) -> bool:
+        """What `apply_chat_template(tokenize=True)` tells the tokenizer: no special tokens when the rendered
+        text already starts with BOS (the template wrote it), else the tokenizer's own (transformers 5.x,
+        `ProcessorMixin.apply_chat_template`)."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        return not (self.chat_template and bos is not None and texts and texts[0].startswith(bos))
+
+    def encode(self, texts: Sequence[str], images: Sequence[Sequence[Image.Image]], *, as_bytes: bool) -> Any:
+        """The processor's output for item texts and their images, one list of images per item (how
+        `apply_chat_template` hands conversations' images to the processor); `as_bytes`: pixel values
+        without rescale and normalisation."""
+        kwargs: dict[str, Any] = {"text": list(texts), "padding": True, "return_tensors": "pt",
+                                  "add_special_tokens": self._adds_special_tokens(texts)}
+        nested = [list(item_images) for item_images in images]
+        if any(nested):
+            kwargs["images"] = nested
             kwargs.update(self.processor_kwargs)
             if as_bytes:
                 kwargs.update(do_rescale=False, do_normalize=False)
@@ -412,7 +580,7 @@ class NativeImageTextAdapter(Adapter):
             normalization = PixelNormalization(float(image_processor.rescale_factor),
                                                _per_channel(image_processor.image_mean),
                                                _per_channel(image_processor.image_std))
-            images = _probe_images(getattr(image_processor, "size", None))
+            images = [[image] for image in _probe_images(getattr(image_processor, "size", None))]
             texts = [self.text("describe the image", 1) for _ in images]
             expected = self.encode(texts, images, as_bytes=False)["pixel_values"]
             pixel_bytes = self.encode(texts, images, as_bytes=True)["pixel_values"]
@@ -425,6 +593,8 @@ class NativeImageTextAdapter(Adapter):
 
     def collate(self, items: Sequence[Item], prompts: Sequence[str],
                 images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
+        from transformers.image_utils import load_image
+
         if self.prefix_sharing:
             from launcher.prefix_sharing import collate_shared
 
@@ -432,12 +602,93 @@ class NativeImageTextAdapter(Adapter):
             if shared is not None:
                 return shared
         texts = [self.text(prompt, len(item_images)) for prompt, item_images in zip(prompts, images)]
-        flat = [image for item_images in images for image in item_images]
-        deferred = self.pixel_normalization is not None
-        encoded = self.encode(texts, flat, as_bytes=deferred)
-        tensors = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
-        return ModelInputs(tensors, len(texts), pixel_normalization=self.pixel_normalization if flat else None,
-                           pad_values=_token_pad_values(tensors, self.tokenizer.pad_token_id))
+        # What apply_chat_template does to every image of a conversation: EXIF orientation applied, RGB.
+        images = [[load_image(image) for image in item_images] for item_images in images]
+        has_images = any(len(item_images) for item_images in images)
+        encoded = self.encode(texts, images, as_bytes=self.pixel_normalization is not None)
+        tensors = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor) and k in self.model_input_names}
+        return ModelInputs(tensors, len(texts), pixel_normalization=self.pixel_normalization if has_images else None,
+                           pad_values=_token_pad_values(tensors, self.tokenizer.pad_token_id),
+                           slot_fill={name: fill for name, fill in self._slot_fill.items() if name in tensors})
+
+    # -- capabilities -------------------------------------------------------------------------------
+
+    def _decide_capabilities(self) -> FamilyCapabilities:
+        from launcher.prefix_sharing import family_capability
+
+        if self.chat_template:
+            prompt = ("chat template (processor.apply_chat_template, tokenize=True equivalent: "
+                      + ("BOS written by the template, none added" if self._template_writes_bos()
+                         else "special tokens added by the tokenizer") + ")")
+        else:
+            prompt = "no chat template: one image token per image, then the prompt (the processor places BOS)"
+        joins, join_note = self._probe_chunk_join()
+        fast = self.fast_decode_unsupported()
+        return FamilyCapabilities(
+            prompt=prompt, images="one list of images per item (nested)", chunk_join=join_note, joins_chunks=joins,
+            fast_decode="launcher.fast_decode" if fast is None else f"generate: {fast}",
+            prefix_sharing=family_capability(self.model_type))
+
+    def _template_writes_bos(self) -> bool:
+        return not self._adds_special_tokens([self.text("describe the image", 1)])
+
+    def _probe_items(self) -> tuple[list[Item], list[str], list[list[Image.Image]]]:
+        """Three items of different prompt lengths and image sizes, the last with two images."""
+        probes = _probe_images(getattr(getattr(self.processor, "image_processor", None), "size", None))
+        small = probes[0].resize((max(1, probes[0].width // 2), probes[0].height))
+        prompts = ["describe the image", "what is the colour of the largest shape in the picture ?", "count"]
+        items = [Item(id=str(index), question=prompt) for index, prompt in enumerate(prompts)]
+        return items, prompts, [[probes[0]], [probes[1]], [small, probes[0]]]
+
+    def _probe_slot_fill(self) -> dict[str, torch.Tensor]:
+        """What the processor writes in an empty per-item slot (an image slot of a one-image item batched with a
+        two-image item) where that is not zeros: the join fills empty slots the same way."""
+        items, prompts, images = self._probe_items()
+        try:
+            batch = self.collate([items[0], items[2]], [prompts[0], prompts[2]], [images[0], images[2]])
+            single = self.collate([items[0]], [prompts[0]], [images[0]])
+        except Exception:           # nothing to learn; the chunk-join probe decides what happens
+            return {}
+        fills = {}
+        for name, tensor in batch.tensors.items():
+            alone = single.tensors.get(name)
+            if (name in batch.pad_values or alone is None or tensor.dim() < 3 or tensor.shape[0] != 2
+                    or alone.shape[1] >= tensor.shape[1]):
+                continue
+            empty = tensor[0, alone.shape[1]]
+            if bool(empty.any()):
+                fills[name] = empty.clone()
+        return fills
+
+    def _probe_chunk_join(self) -> tuple[bool, str]:
+        """Whether `ModelInputs.join` of chunks equals one collate of the whole batch for this processor:
+        the probe items (`_probe_items`), joined from single-item chunks."""
+        items, prompts, images = self._probe_items()
+        try:
+            whole = self.collate(items, prompts, images)
+            parts = [self.collate([item], [prompt], [image_list])
+                     for item, prompt, image_list in zip(items, prompts, images)]
+            joined = ModelInputs.join(parts)
+            same = whole.tensors.keys() == joined.tensors.keys() and all(
+                torch.equal(whole.tensors[name], joined.tensors[name]) for name in whole.tensors)
+        except Exception as error:  # a layout the join cannot handle: prepare batches in one piece
+            return False, f"one piece per batch (joining chunks failed: {type(error).__name__})"
+        if not same:
+            return False, "one piece per batch (joined chunks differ from one collate)"
+        padded = sorted(name for name, tensor in whole.tensors.items() if name not in whole.pad_values
+                        and any(part.tensors[name].shape[1:] != tensor.shape[1:] for part in parts))
+        filled = f" (empty slots of {', '.join(sorted(self._slot_fill))} filled as the processor fills them)" \
+            if self._slot_fill else ""
+        return True, "joined: token tensors left-padded, " + (
+            f"{', '.join(padded)} padded to the largest chunk" if padded else "other tensors concatenated") + filled
+
+    def fast_decode_unsupported(self) -> str | None:
+        reason = super().fast_decode_unsupported()
+        if reason is None and self.model_type not in FAST_DECODE_PROVEN:
+            return f"fast decoding is not proven equal to generate for model type {self.model_type!r}"
+        return reason
+
+    # -- generation ---------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def generate(self, batch: ModelInputs, settings: GenerationSettings) -> list[str]:
@@ -470,7 +721,7 @@ class NativeImageTextAdapter(Adapter):
                 "image_processor": type(image_processor).__name__ if image_processor is not None else None,
                 "processor_kwargs": dict(self.processor_kwargs),
                 "pixel_transfer": _pixel_transfer(self.pixel_normalization), "decode": self._decode_description(),
-                "prefix_sharing": self.prefix_sharing}
+                "capabilities": self.capabilities.to_json(), "prefix_sharing": self.prefix_sharing}
 
 
 def _per_channel(value: Any) -> tuple[float, ...]:
@@ -483,8 +734,9 @@ def _per_channel(value: Any) -> tuple[float, ...]:
 def _probe_images(size: Any) -> list[Image.Image]:
     """Two deterministic RGB images with every byte value: one tile at the processor's size and one
     twice as wide (several tiles when the processor crops to patches)."""
-    height = int(_get(size, "height") or _get(size, "shortest_edge") or 448)
-    width = int(_get(size, "width") or height)
+    # At most 448 pixels: Qwen-VL processors' "shortest_edge" is a pixel count (3136), not a side.
+    height = min(int(_get(size, "height") or _get(size, "shortest_edge") or 448), 448)
+    width = min(int(_get(size, "width") or height), 448)
     images = []
     for image_width in (width, 2 * width):
         rows = torch.arange(height).view(-1, 1, 1)
@@ -688,6 +940,11 @@ def make_adapter(loaded: Any, *, dynamic: bool = False, max_num: int = 6) -> Ada
 
     model, tokenizer = loaded.model, loaded.tokenizer
     common = {"dtype": loaded.dtype, "device_map": loaded.device_map, "quantization": loaded.quantization}
+    if getattr(loaded, "original", None) is not None:   # an original InternVL folder on the native model
+        from launcher.converted_adapter import ConvertedInternVLAdapter
+
+        return ConvertedInternVLAdapter(model, tokenizer, loaded.original, dynamic=dynamic, max_num=max_num,
+                                        **common)
     if is_internvl_chat_model(model):
         return InternVLChatAdapter(model, tokenizer, dynamic=dynamic, max_num=max_num, **common)
     model_type = getattr(model.config, "model_type", "")

@@ -70,6 +70,7 @@ class RunConfig:
     load_in_8bit: bool = False
     load_in_4bit: bool = False
     trust_remote_code: bool = False
+    model_code: str = "auto"
     allow_pickle_weights: bool = False
     allow_outside_root: bool = False
     dtype: str | None = None
@@ -149,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--load-in-4bit", action="store_true")
     model.add_argument("--trust-remote-code", action="store_true",
                        help="allow checkpoints that ship their own Python code (runs that code)")
+    model.add_argument("--model-code", choices=["auto", "native", "remote"], default="auto",
+                       help="original InternVL folders (InternVLChatModel): auto converts them to transformers' "
+                            "native model where possible, else runs their own code with --trust-remote-code; "
+                            "native: convert or stop; remote: their own code (needs --trust-remote-code)")
     model.add_argument("--allow-pickle-weights", action="store_true",
                        help="load .bin/.pt weights (unpickling runs code); safetensors need no flag")
 

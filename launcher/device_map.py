@@ -1016,6 +1016,7 @@ def dry_run_plan(
     trust_remote_code: bool = False,
     method: str = "planner",
     prompt_tokens: int = 64,
+    skeleton: Any = None,
 ) -> list[Plan]:
     """One plan per replica for ``assume_gpus`` GPUs of ``gpu_memory_bytes`` each; loads no weights.
 
@@ -1024,6 +1025,7 @@ def dry_run_plan(
     ``CUDA_OVERHEAD_BYTES`` on every GPU; vision activations and logits on the first. ``method``:
     ``"planner"`` (``make_plan``) or ``"internvl"`` (``split_model`` over the detected layout).
     Raises ``PlanDoesNotFit`` (with the formatted plan in its message) when a GPU is over capacity.
+    ``skeleton``: the meta-device model to plan, when it is not the folder's own (a converted original InternVL).
     """
     import torch
 
@@ -1037,7 +1039,7 @@ def dry_run_plan(
         raise UserError(f"dtype_bytes must be one of {sorted(_DTYPES_BY_BYTES)}, got {dtype_bytes!r}")
     if gpu_memory_bytes <= 0:
         raise UserError(f"--gpu-memory-gib must be positive, got {gpu_memory_bytes / GIB:g} GiB")
-    model = build_skeleton(checkpoint, trust_remote_code=trust_remote_code)
+    model = skeleton if skeleton is not None else build_skeleton(checkpoint, trust_remote_code=trust_remote_code)
     dtype = getattr(torch, _DTYPES_BY_BYTES[dtype_bytes])
     runtime = estimate_runtime_bytes(model.config, batch_size, tiles, max_new_tokens, dtype_bytes, prompt_tokens)
     roles = layout_for_model(model)

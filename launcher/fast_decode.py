@@ -17,16 +17,20 @@ Capture takes 0.1-0.15 s per shape.
 
 Use it only where `generate` would decode greedily (num_beams 1, no sampling) and where
 `unsupported_reason(model)` returns None (no logits processors in the generation config, SDPA or
-eager attention, full-attention layers only, one device). The caller chooses between this and
+eager attention, full-attention layers only, no cross-attention layers, one device). Image-text families are
+further limited to those proven equal by tests (`launcher.adapters.FAST_DECODE_PROVEN`). The caller chooses between this and
 `generate`; nothing here falls back silently: a failed capture raises `FastDecodeError`.
 
 What it computes, and why it equals `generate` (transformers 5.2x, `_sample` + `prepare_inputs_for_generation`):
 
 1. Prefill: one call of the full model (`model(**inputs, cache=StaticCache, position_ids=...,
    logits_to_keep=1)`: vision tower, projector and the language model over the prompt). Position ids
-   are generate's: `attention_mask.cumsum(-1) - 1`, set to 0 where the mask is 0; an all-ones mask is
-   dropped as generate drops it (SDPA then takes its causal path). The first token is the argmax of the
-   last position's logits.
+   are generate's own (`generation_position_ids`: the model's `_prepare_position_ids_for_generation`):
+   `attention_mask.cumsum(-1) - 1`, set to 0 where the mask is 0, for most models; `[4, B, L]` for M-RoPE
+   models (Qwen2/2.5/3-VL, GLM-4.1V: text positions, then temporal / height / width positions of the image
+   grid); an all-ones mask is dropped as generate drops it (SDPA then takes its causal path). The first token
+   is the argmax of the last position's logits. Each decode step then continues every position channel by
+   one from the prompt's last position, as generate extends `position_ids`.
 2. Decode step: `model.model.language_model(input_ids [B, 1], position_ids [B, 1], cache,
    attention_mask [B, 1, 1, cache_length])`, `model.lm_head` on the last hidden state, argmax;
    rows that have emitted EOS get `pad_token_id` (generate's `next_tokens * unfinished + pad * (1 -
@@ -178,6 +182,9 @@ def unsupported_reason(model: Any) -> str | None:
     if getattr(config, "is_encoder_decoder", False):
         return "encoder-decoder models are not supported"
     text_config = config.get_text_config(decoder=True)
+    if getattr(text_config, "cross_attention_layers", None):
+        return ("cross-attention layers (Mllama): the decode step would need the image's cross-attention states "
+                "and mask, which only generate carries")
     attention = getattr(text_config, "_attn_implementation", None) or "eager"
     if attention not in ("sdpa", "eager"):
         return f"attention implementation {attention!r}: only 'sdpa' and 'eager' take the step's 4D mask"
@@ -205,6 +212,21 @@ def prompt_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return position_ids.masked_fill(attention_mask == 0, 0)
 
 
+def generation_position_ids(model: Any, inputs: Mapping[str, torch.Tensor], attention_mask: torch.Tensor
+                            ) -> torch.Tensor:
+    """The prompt's position ids exactly as `generate` prepares them: the model's own
+    `_prepare_position_ids_for_generation` (transformers 5.x), which M-RoPE models (Qwen2-VL, Qwen2.5-VL,
+    Qwen3-VL, GLM-4.1V) override to return `[4, B, L]`: the 1-D text positions, then the temporal, height and
+    width positions of `get_rope_index` (image tokens on a grid, text after them continuing from the largest
+    position). Other models give `cumsum(mask) - 1`; without the method (older transformers), that too."""
+    prepare = getattr(model, "_prepare_position_ids_for_generation", None)
+    if prepare is None:
+        return prompt_position_ids(attention_mask)
+    model_kwargs = {key: value for key, value in inputs.items() if key not in ("input_ids", "position_ids")}
+    model_kwargs["attention_mask"] = attention_mask
+    return prepare(inputs["input_ids"], model_kwargs)
+
+
 def bucketed_cache_length(prompt_length: int, max_new_tokens: int, length_bucket: int) -> int:
     """`prompt_length + max_new_tokens` rounded up to a multiple of `length_bucket` (1: no rounding)."""
     if prompt_length < 1 or max_new_tokens < 1 or length_bucket < 1:
@@ -222,12 +244,14 @@ def _mask_values(text_config: Any, dtype: torch.dtype) -> tuple[torch.dtype, Any
 
 
 def _decoder_and_head(model: Any) -> tuple[Any, Any]:
-    """The text decoder (`model.model.language_model`, or `model.model` for a causal LM) and `lm_head`."""
+    """The text decoder (`model.model.language_model`; `model.model.text_model` in Idefics3 / SmolVLM;
+    `model.model` for a causal LM) and `lm_head`."""
     inner = getattr(model, "model", None)
-    decoder = getattr(inner, "language_model", None) or inner
+    decoder = getattr(inner, "language_model", None) or getattr(inner, "text_model", None) or inner
     head = getattr(model, "lm_head", None)
     if decoder is None or head is None or not hasattr(decoder, "layers"):
-        raise FastDecodeError(f"{type(model).__name__}: expected `model.model.language_model` (or `model.model`) "
+        raise FastDecodeError(f"{type(model).__name__}: expected `model.model.language_model` (or `text_model`, "
+                              "or `model.model`) "
                               "with decoder `layers` and `model.lm_head`")
     return decoder, head
 
@@ -246,7 +270,7 @@ class _Shape:
     cache_length: int
     cache: Any
     tokens: torch.Tensor            # [B, 1] the token the next step consumes
-    positions: torch.Tensor         # [B, 1] its position id
+    positions: torch.Tensor         # [B, 1] its position id; [C, B, 1] for M-RoPE (generate's channels)
     write_index: torch.Tensor       # [1] the cache column the next step writes (= the cache's own counter)
     step_index: torch.Tensor        # [1] the output column the next step fills
     mask: torch.Tensor              # [B, 1, 1, cache_length]: bool (SDPA) or additive (eager), see _mask_values
@@ -371,11 +395,15 @@ class GreedyDecoder:
         else:
             batch_size, prompt_length, attention_mask = inputs.batch_size, inputs.prompt_length, inputs.attention_mask
         cache_length = bucketed_cache_length(prompt_length, max_new_tokens, self.length_bucket)
-        shape = self._shape(batch_size, cache_length)
         self._mark_time(0)
         if isinstance(inputs, Mapping):
-            first_tokens, start_positions = self._prefill(shape, inputs, attention_mask)
-        else:
+            position_ids = inputs.get("position_ids")
+            if position_ids is None:
+                position_ids = generation_position_ids(self.model, inputs, attention_mask)
+            shape = self._shape(batch_size, cache_length, tuple(position_ids.shape[:-2]))
+            first_tokens, start_positions = self._prefill(shape, inputs, attention_mask, position_ids)
+        else:   # 1-D positions: prefix sharing serves only such models (prefix_sharing.unsupported_reason)
+            shape = self._shape(batch_size, cache_length)
             first_tokens, start_positions = inputs.prefill(self, shape.cache)
         shape.armed = {"first_tokens": first_tokens, "start_positions": start_positions,
                        "prompt_mask": attention_mask.to(self.device, torch.bool), "prompt_length": prompt_length,
@@ -394,7 +422,7 @@ class GreedyDecoder:
 
     # -- shapes -------------------------------------------------------------------------------------
 
-    def _shape(self, batch_size: int, cache_length: int) -> _Shape:
+    def _shape(self, batch_size: int, cache_length: int, position_channels: tuple[int, ...] = ()) -> _Shape:
         key = (batch_size, cache_length)
         if key in self._shapes:
             self._shapes.move_to_end(key)
@@ -410,7 +438,7 @@ class GreedyDecoder:
             batch_size=batch_size, cache_length=cache_length,
             cache=StaticCache(config=self.model.config, max_cache_len=cache_length),
             tokens=torch.zeros((batch_size, 1), dtype=torch.long, device=device),
-            positions=torch.zeros((batch_size, 1), dtype=torch.long, device=device),
+            positions=torch.zeros((*position_channels, batch_size, 1), dtype=torch.long, device=device),
             write_index=torch.zeros((1,), dtype=torch.long, device=device),
             step_index=torch.zeros((1,), dtype=torch.long, device=device),
             mask=torch.zeros((batch_size, 1, 1, cache_length), dtype=self._mask_dtype, device=device),
@@ -425,12 +453,11 @@ class GreedyDecoder:
 
     # -- prefill, arm, step -------------------------------------------------------------------------
 
-    def _prefill(self, shape: _Shape, inputs: Mapping[str, torch.Tensor],
-                 attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the full model over the prompt into the static cache; the first tokens and next positions."""
-        position_ids = inputs.get("position_ids")
-        if position_ids is None:
-            position_ids = prompt_position_ids(attention_mask)
+    def _prefill(self, shape: _Shape, inputs: Mapping[str, torch.Tensor], attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the full model over the prompt into the static cache; the first tokens and next positions
+        (`[B, 1]`, or `[C, B, 1]` for M-RoPE: each channel continues from the prompt's last position, as
+        generate extends `position_ids` by one per step)."""
         model_inputs = {key: value for key, value in inputs.items() if key not in ("attention_mask", "position_ids")}
         # generate drops an all-ones mask (no padding): SDPA then runs its causal path over the prompt only.
         prefill_mask = None if bool((attention_mask == 1).all()) else attention_mask
@@ -438,7 +465,7 @@ class GreedyDecoder:
                             use_cache=True, logits_to_keep=1, return_dict=True,
                             **{self._model_cache_keyword: shape.cache})
         first_tokens = output.logits[:, -1, :].argmax(-1).to(self.device)
-        start_positions = position_ids[:, -1:].to(self.device) + 1
+        start_positions = position_ids[..., -1:].to(self.device) + 1
         return first_tokens, start_positions
 
     def _arm(self, shape: _Shape) -> None:

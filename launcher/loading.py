@@ -13,6 +13,7 @@ Optional attributes of `args` (read with `getattr`, so InternVL's own namespace 
 | `gpus_per_model` | 1 | GPUs of one replica (ignored with `auto`: all visible GPUs) |
 | `device_map_method` | "planner" | K > 1 GPUs: `device_map.plan_device_map` (bytes) or "internvl" (`split_model`) |
 | `trust_remote_code` | False | needed for checkpoints whose config.json has an `auto_map` |
+| `model_code` | "auto" | original InternVL folders: "auto" / "native" (converted) or "remote" (`launcher/model_code.py`) |
 | `allow_pickle_weights` | False | needed for `.bin` / `.pt` / `.pth` weights without safetensors |
 | `devices` | see below | list of torch.device of this process |
 | `dynamic`, `max_num` | False, 6 | InternVL's tiling (used by the adapters) |
@@ -25,8 +26,12 @@ What is loaded:
 
 * A transformers-native checkpoint (InternVL `-hf` and any model of `AutoModelForImageTextToText`) ->
   that class; a text-only model -> `AutoModelForCausalLM`.
-* A remote-code checkpoint (config.json has `auto_map`, e.g. OpenGVLab/InternVL3-8B) -> `AutoModel`
-  (InternVL's own choice), only with `trust_remote_code`.
+* An original InternVL folder (`InternVLChatModel`, e.g. OpenGVLab/InternVL3-8B as downloaded) -> converted
+  at load to `InternVLForConditionalGeneration` without running its code (`launcher/internvl_conversion.py`,
+  the choice in `launcher/model_code.py`); with `model_code="remote"`, or where it cannot be converted,
+  its own code as below.
+* A remote-code checkpoint (config.json has `auto_map`) -> `AutoModel` (InternVL's own choice), only with
+  `trust_remote_code`.
 * Weights from safetensors; pickle files only with `allow_pickle_weights` (unpickling a file can run
   arbitrary code, so a downloaded `.bin` is as trusted as a script).
 * 8-bit / 4-bit through `BitsAndBytesConfig` (4-bit: transformers' defaults, fp4, with the compute
@@ -123,6 +128,8 @@ class LoadedModel:
     dtype: torch.dtype
     device_map: dict[str, Any]
     quantization: str | None
+    original: Any = None          # internvl_conversion.OriginalInternVL of a converted original folder
+    model_code: Any = None        # model_code.ModelCodeChoice: which code runs the model, and why
 
 
 def inspect_checkpoint(checkpoint: str | Path | None) -> CheckpointInfo:
@@ -249,17 +256,20 @@ def plan_multi_gpu_map(
     tiles_per_item: int = 1,
     max_memory: dict[int, int] | None = None,
     quantized: bool = False,
+    skeleton: Any = None,
 ) -> dict[str, Any]:
     """A device map of the checkpoint over K GPUs, checked against its module tree.
 
     Uses a meta-device skeleton (no weights read). `max_memory` (bytes per GPU index) defaults to
     the free memory now; pass it to plan for GPUs this machine does not have. Quantized weights are
-    sized as int8 (an overestimate for 4-bit, which is the safe side).
+    sized as int8 (an overestimate for 4-bit, which is the safe side). `skeleton`: the meta-device model to
+    plan for, when it is not the folder's own (a converted original InternVL folder).
     """
     from launcher import device_map as dm
 
     gpu_indices = [d.index if d.index is not None else 0 for d in devices]
-    skeleton = dm.build_skeleton(info.path, trust_remote_code=trust_remote_code)
+    if skeleton is None:
+        skeleton = dm.build_skeleton(info.path, trust_remote_code=trust_remote_code)
     roles = dm.layout_for_model(skeleton)
     if method == "internvl":
         num_layers = dm.count_layers([name for name, _ in skeleton.named_modules()], roles["layers_prefix"])
@@ -339,7 +349,14 @@ def _missing_code_packages(error: ImportError) -> str | None:
 
 def load_model(args: Any, devices: Sequence[torch.device] | None = None) -> LoadedModel:
     """Check `args`, then load the model (eval mode) and its tokenizer onto `devices`."""
+    from launcher.model_code import choose_model_code, load_converted
+
     info = inspect_checkpoint(getattr(args, "checkpoint", None))
+    # Original InternVL folders are converted to the native model before any of their code could run.
+    choice = choose_model_code(info, args)
+    if choice.path == "converted":
+        devices = [torch.device(d) for d in devices] if devices else resolve_devices(args)
+        return load_converted(args, info, choice, devices, resolve_dtype(args, devices))
     check_args(args, info)
     devices = [torch.device(d) for d in devices] if devices else resolve_devices(args)
     dtype = resolve_dtype(args, devices)
@@ -371,7 +388,13 @@ def load_model(args: Any, devices: Sequence[torch.device] | None = None) -> Load
         kwargs.update(prepare_remote_code(info.path, info.config))
     try:
         model = model_class.from_pretrained(str(info.path), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(info.path), trust_remote_code=trust_remote_code)
+        # Original folders (and `launcher convert` output): tokenizers with InternVL 4.37 slow behaviour.
+        if choice.original is not None and choice.path in ("native", "remote"):
+            from launcher.original_tokenizers import load_original_tokenizer
+
+            tokenizer = load_original_tokenizer(info.path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(info.path), trust_remote_code=trust_remote_code)
     except ImportError as error:
         missing = _missing_code_packages(error)
         if missing is None:
@@ -387,7 +410,8 @@ def load_model(args: Any, devices: Sequence[torch.device] | None = None) -> Load
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, devices=list(devices), dtype=dtype,
                        device_map=dict(getattr(model, "hf_device_map", None) or device_map),
-                       quantization=quantization_name)
+                       quantization=quantization_name, model_code=choice,
+                       original=choice.original if choice.path == "native" else None)
 
 
 def load_model_and_tokenizer(args: Any) -> tuple[Any, Any]:
@@ -402,5 +426,9 @@ def load_adapter(args: Any, devices: Sequence[torch.device] | None = None) -> An
     from launcher.adapters import make_adapter
 
     loaded = load_model(args, devices if devices else getattr(args, "devices", None))
-    return make_adapter(loaded, dynamic=bool(getattr(args, "dynamic", False)),
-                        max_num=int(getattr(args, "max_num", 6) or 6))
+    adapter = make_adapter(loaded, dynamic=bool(getattr(args, "dynamic", False)),
+                           max_num=int(getattr(args, "max_num", 6) or 6))
+    choice = loaded.model_code
+    if choice is not None and choice.original is not None:   # run.json says how an original folder ran, and why
+        adapter.model_code_record = {"path": choice.path, "reason": choice.reason}
+    return adapter

@@ -84,10 +84,9 @@ def unsupported_reason(adapter: Any, settings: "GenerationSettings") -> str | No
 
     if not isinstance(adapter, NativeImageTextAdapter):
         return f"adapter {adapter.name!r}: only the transformers-native image-text adapter shares prefixes"
-    model_type = getattr(adapter.model.config, "model_type", "")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        return (f"model type {model_type!r}: prefix sharing is proven equal to the unshared path for "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)} only")
+    family = family_capability(adapter.model_type)
+    if not family.startswith(CAPABLE):
+        return f"model type {adapter.model_type!r}: {family}"
     if not settings.fast_greedy:
         return ("it needs greedy decoding by launcher.fast_decode (not --decode generate, --static-cache, "
                 "sampling or beams)")
@@ -95,6 +94,18 @@ def unsupported_reason(adapter: Any, settings: "GenerationSettings") -> str | No
     if reason is not None:
         return f"it needs launcher.fast_decode, which cannot run here: {reason}"
     return None
+
+
+CAPABLE = "launcher.prefix_sharing"
+
+
+def family_capability(model_type: str) -> str:
+    """The `prefix_sharing` entry of a family's capability record (`adapters.FamilyCapabilities`)."""
+    if model_type in SUPPORTED_MODEL_TYPES:
+        return (f"{CAPABLE} (greedy runs on one GPU per replica: each image's vision and prefill once per "
+                "batch, its KV rows copied to the questions)")
+    return (f"off (proven equal to the unshared path for {', '.join(SUPPORTED_MODEL_TYPES)} only; M-RoPE "
+            "positions and per-image processor outputs are not carried)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,15 +244,26 @@ def collate_shared(adapter: Any, items: Sequence["Item"], prompts: Sequence[str]
         members_of.setdefault((key, text[:end]), []).append(position)
     if not without_repeats and all(len(members) == 1 for members in members_of.values()):
         return None
+    from transformers.image_utils import load_image
+
     tokenizer = adapter.tokenizer
     deferred = adapter.pixel_normalization is not None
+    model_inputs = getattr(adapter, "model_input_names", None)
     rows: list[list[int] | None] = [None] * len(items)
     prefix_rows, pixel_parts, pixel_rows, group_ids = [], [], [], []
     member_groups = [0] * len(items)
+
+    def encode(position: int) -> dict[str, torch.Tensor]:
+        # As the adapter's collate: EXIF orientation applied and RGB (what apply_chat_template does), one list
+        # of images per item, only the tensors the model takes.
+        item_images = [load_image(image) for image in images[position]]
+        encoded = adapter.encode([texts[position]], [item_images], as_bytes=deferred)
+        return {name: value for name, value in encoded.items() if isinstance(value, torch.Tensor)
+                and (model_inputs is None or name in model_inputs)}
+
     for (_, before), members in members_of.items():
         leader = members[0]
-        encoded = adapter.encode([texts[leader]], list(images[leader]), as_bytes=deferred)
-        tensors = {name: value for name, value in encoded.items() if isinstance(value, torch.Tensor)}
+        tensors = encode(leader)
         if set(tensors) - _PLAIN_KEYS or PIXELS not in tensors:
             return None
         leader_ids = tensors["input_ids"][0][tensors["attention_mask"][0].bool()].tolist() \
@@ -257,7 +279,7 @@ def collate_shared(adapter: Any, items: Sequence["Item"], prompts: Sequence[str]
             elif composable:
                 row = leader_ids[:boundary] + list(member_after)
             else:   # the tokenizer does not split after the image: every member through the processor
-                own = adapter.encode([texts[position]], list(images[position]), as_bytes=deferred)
+                own = encode(position)
                 row = own["input_ids"][0][own["attention_mask"][0].bool()].tolist()
             rows[position] = row
             group_rows.append(row)

@@ -217,8 +217,11 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
     prepare = Preprocessor(items, prompts, adapter, on_bad_item)
     workers = num_workers if batches else 0
     queue = WorkQueue(store, queue_key, len(batches)) if queue_key is not None else None
-    # Without workers a batch is prepared in one piece (one "worker"): chunks would only add joins.
-    loader = DataLoader(_Chunks(prepare), sampler=_ChunkKeys(batches, max(1, workers), queue, groups), batch_size=None,
+    # Without workers a batch is prepared in one piece (one "worker"): chunks would only add joins. So it is
+    # for a model family whose chunks cannot be joined (the adapter's capability record says so).
+    joins = getattr(getattr(adapter, "capabilities", None), "joins_chunks", True)
+    loader = DataLoader(_Chunks(prepare), sampler=_ChunkKeys(batches, max(1, workers) if joins else 1, queue, groups),
+                        batch_size=None,
                         num_workers=workers, pin_memory=False, prefetch_factor=1 if workers else None,
                         persistent_workers=False, worker_init_fn=_ignore_stop_signals if workers else None)
     started = time.perf_counter()

@@ -1,0 +1,143 @@
+"""The adapter of an original InternVL folder converted to the native model (`launcher.internvl_conversion`).
+
+It feeds `InternVLForConditionalGeneration` exactly what InternVL's own `batch_chat` feeds its
+`InternVLChatModel`, so that greedy predictions are InternVL's:
+
+* Tiles by `launcher.tiling` (InternVL's `dynamic_preprocess` with the thumbnail when config.json says
+  `use_thumbnail`, bicubic resize, ImageNet mean/std), not transformers' GotOcr2 processor: that one
+  always adds the thumbnail and normalises in another order, and the tile count is what the prompt
+  says (see `launcher/tiling.py`).
+* The query from InternVL's conversation template named in config.json (`launcher.internvl_templates`,
+  system message as InternVL's model picks it), `<image>` -> `<img>` + `<IMG_CONTEXT>` x num_image_token
+  x tiles + `</img>`, tokenised by the folder's tokenizer with InternVL's behaviour
+  (`launcher.original_tokenizers`), left padded.
+* Generation stops at the template's stop token (`sep.strip()`, what `batch_chat` passes as
+  `eos_token_id`); the text is decoded with special tokens skipped, cut at the stop text and stripped.
+
+Decoding runs on the fast greedy path (`launcher.fast_decode`) where it applies, like any native model:
+the converted model's `generation_config` carries the stop token as its eos.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from eval_scripts.base import Item
+from launcher.adapters import Adapter, ModelInputs, _first_device, _pixel_transfer, _token_pad_values
+from launcher.generation import GenerationSettings
+from launcher.internvl_conversion import OriginalInternVL
+from launcher.internvl_templates import IMG_CONTEXT_TOKEN, build_query, get_template, system_message_for
+from launcher.tiling import IMAGENET_NORMALIZATION
+
+
+class ConvertedInternVLAdapter(Adapter):
+    """Native InternVL converted from an original folder: InternVL's prompts, tiles and stop token."""
+
+    name = "internvl_converted"
+
+    def __init__(self, model: Any, tokenizer: Any, original: OriginalInternVL, *, dynamic: bool = False,
+                 max_num: int = 6, **kwargs: Any) -> None:
+        super().__init__(model, tokenizer, **kwargs)
+        self.original = original
+        template = get_template(original.template_name)
+        if template is None:   # read_original refuses such folders; kept as a guard for direct use
+            raise ValueError(f"no conversation template {original.template_name!r}")
+        self.template = template
+        self.system_message = system_message_for(original.config, template)
+        self.image_size, self.use_thumbnail = original.image_size, original.use_thumbnail
+        self.num_image_token = original.num_image_token
+        self.dynamic, self.max_num = dynamic, max_num
+        self.stop_text = template.stop_text
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        stop_id = tokenizer.convert_tokens_to_ids(self.stop_text)
+        # InternVL's batch_chat passes only the template's stop token as eos; generate and our greedy loop
+        # both read it from here.
+        model.generation_config.eos_token_id = stop_id
+        model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        model.generation_config.bos_token_id = None
+
+    def query(self, prompt: str, num_patches_list: Sequence[int]) -> str:
+        """InternVL's query for one item (module docstring)."""
+        return build_query(self.template, self.system_message, prompt, num_patches_list, self.num_image_token)
+
+    def tile_bytes(self, image: Image.Image) -> torch.Tensor:
+        """One image's tiles as uint8 (tiles, 3, size, size), normalised later on the device."""
+        from launcher.tiling import tile_bytes, tile_image
+
+        return tile_bytes(tile_image(image, self.max_num, self.image_size, self.use_thumbnail, self.dynamic),
+                          self.image_size)
+
+    def collate(self, items: Sequence[Item], prompts: Sequence[str],
+                images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
+        queries, pixel_parts, patches_per_item = [], [], []
+        for prompt, item_images in zip(prompts, images):
+            item_pixels = [self.tile_bytes(image) for image in item_images]
+            patches_per_item.append([int(p.shape[0]) for p in item_pixels])
+            # One context token per image here; expanded to its tiles' count after tokenisation (below).
+            queries.append(build_query(self.template, self.system_message, prompt, [1] * len(item_pixels), 1))
+            pixel_parts.extend(item_pixels)
+        rows = [self._expand_image_tokens(ids, patches)
+                for ids, patches in zip(self.tokenizer(queries)["input_ids"], patches_per_item)]
+        width = max(len(row) for row in rows)
+        pad = int(self.tokenizer.pad_token_id)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):   # left padding, as batch_chat's tokenizer call
+            input_ids[index, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            attention_mask[index, width - len(row):] = 1
+        tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if pixel_parts:
+            tensors["pixel_values"] = torch.cat(pixel_parts)
+        return ModelInputs(tensors, len(queries), pixel_normalization=IMAGENET_NORMALIZATION if pixel_parts else None,
+                           pad_values=_token_pad_values(tensors, pad))
+
+    def _expand_image_tokens(self, ids: Sequence[int], num_patches: Sequence[int]) -> list[int]:
+        """`<IMG_CONTEXT>` is an added token, so the tokenizer splits the text at it: a run of them
+        tokenises to the same ids around it as one does. Tokenising one per image and repeating its id
+        gives exactly the ids of InternVL's full query, without scanning thousands of context tokens
+        (136 ms for a 7-tile query with InternLM2's Python tokenizer, here)."""
+        expanded: list[int] = []
+        images = iter(num_patches)
+        for token in ids:
+            patches = next(images, None) if token == self.image_token_id else None
+            if patches is not None:
+                expanded.extend([token] * (self.num_image_token * patches))
+            else:
+                expanded.append(int(token))
+        return expanded
+
+    @torch.inference_mode()
+    def generate(self, batch: ModelInputs, settings: GenerationSettings) -> list[str]:
+        inputs = batch.to(_first_device(self.model), self.dtype,
+                          pixel_device=next(self.model.model.vision_tower.parameters()).device)
+        self._seed(settings)
+        texts = self.tokenizer.batch_decode(self._new_tokens(inputs, settings), skip_special_tokens=True)
+        return [text.split(self.stop_text)[0].strip() if self.stop_text else text.strip() for text in texts]
+
+    def tile_count(self, width: int, height: int) -> int:
+        from launcher.tiling import choose_grid
+
+        if not self.dynamic:
+            return 1
+        cols, rows = choose_grid(width, height, 1, self.max_num, self.image_size)
+        return cols * rows + (1 if self.use_thumbnail and cols * rows > 1 else 0)
+
+    def estimate_cost(self, item: Item, prompt: str, image_sizes: Sequence[tuple[int, int]]) -> float:
+        image_tokens = sum(self.num_image_token * self.tile_count(w, h) + 2 for w, h in image_sizes)
+        return float(self._prompt_tokens(prompt) + image_tokens)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "processor": "launcher.tiling (InternVL dynamic_preprocess)",
+                "image_processor": "launcher.tiling (PIL bicubic, ImageNet mean/std)",
+                "pixel_transfer": _pixel_transfer(IMAGENET_NORMALIZATION), "image_size": self.image_size,
+                "use_thumbnail": self.use_thumbnail, "dynamic": self.dynamic, "max_num": self.max_num,
+                "template": self.template.name, "decode": self._decode_description(),
+                "llm": self.original.llm_architecture}
+
+
+__all__ = ["ConvertedInternVLAdapter", "IMG_CONTEXT_TOKEN"]
