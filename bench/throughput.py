@@ -189,11 +189,15 @@ def ours(adapter, items, prompts, batches: list[list[int]], settings: Generation
         rows = list(read_journal(journal.path))
     busy = sum(end - begin for begin, end in result.batch_spans)
     first = result.batch_spans[0][0] - result.started_at if result.batch_spans else None
+    after_first = result.seconds - first if first is not None else 0.0
     return {"seconds": seconds, "items": result.items_done, "batches": result.batches,
             "oom_splits": result.oom_splits, "predictions": {row["id"]: row["prediction"] for row in rows},
             # Time the loop waited for the DataLoader: the GPU idles then (first batch included).
             "waiting_for_data_s": round(result.seconds - busy, 3), "joining_chunks_s": round(result.join_seconds, 3),
-            "first_batch_ready_s": round(first, 3) if first is not None else None}
+            "first_batch_ready_s": round(first, 3) if first is not None else None,
+            # Between batches after the first one started: what the "< 3% of the run" is about.
+            "gpu_idle_share_after_first_batch": round(max(0.0, after_first - busy) / after_first, 4)
+            if after_first > 0 else None}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,7 +246,8 @@ def device_description(device: torch.device) -> dict[str, Any]:
 
 
 def _row(mode: str, batch_size: int, run: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    waits = {key: run[key] for key in ("waiting_for_data_s", "joining_chunks_s", "first_batch_ready_s") if key in run}
+    waits = {key: run[key] for key in ("waiting_for_data_s", "joining_chunks_s", "first_batch_ready_s",
+                                       "gpu_idle_share_after_first_batch") if key in run}
     return {"mode": mode, "batch_size": batch_size, "items": run["items"], "seconds": round(run["seconds"], 3),
             "items_per_s": round(run["items"] / run["seconds"], 2) if run["seconds"] > 0 else None, **waits,
             **(extra or {})}

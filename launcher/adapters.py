@@ -216,6 +216,10 @@ class Adapter:
         self.device_map = dict(device_map or {})
         self.quantization = quantization
         self._decoder: Any = None        # GreedyDecoder once made; False when generate must be used
+        # Set by the run where `prefix_sharing.unsupported_reason` allows it: collate then shares image prefixes.
+        self.prefix_sharing = False
+        # Batches generated in the shared layout, their items and their distinct prefixes (vision + prefill runs).
+        self.sharing_counts = {"batches": 0, "items": 0, "prefixes": 0}
         if _first_device(model).type == "cuda":
             avoid_per_shape_attention_plans()
 
@@ -251,8 +255,14 @@ class Adapter:
     def _new_tokens(self, inputs: dict[str, torch.Tensor], settings: GenerationSettings) -> torch.Tensor:
         """The generated token ids [B, n] after the prompt: our greedy loop where it applies (one
         `GreedyDecoder` per adapter, so batches of one shape reuse its CUDA graph), else `generate`."""
+        from launcher import prefix_sharing
         from launcher.fast_decode import FastDecodeError, GreedyDecoder
 
+        shared = prefix_sharing.is_shared(inputs)
+        if shared:
+            self.sharing_counts["batches"] += 1
+            self.sharing_counts["items"] += int(inputs[prefix_sharing.MEMBER_GROUP].shape[0])
+            self.sharing_counts["prefixes"] += int(inputs[prefix_sharing.PREFIX_GROUP].shape[0])
         if settings.fast_greedy and self._decoder is None:
             self._decoder = False
             if self.fast_decode_unsupported() is None:
@@ -261,7 +271,8 @@ class Adapter:
                                               use_cuda_graph=_first_device(self.model).type == "cuda")
         if settings.fast_greedy and self._decoder:
             try:
-                return self._decoder.generate(inputs, settings.max_new_tokens)
+                return self._decoder.generate(prefix_sharing.SharedPrompt(inputs) if shared else inputs,
+                                              settings.max_new_tokens)
             except FastDecodeError as error:   # e.g. a capture that fails: say so once, then use generate
                 print(f"[launcher] fast greedy decoding failed, using transformers' generate: {error}",
                       file=sys.stderr, flush=True)
@@ -271,6 +282,8 @@ class Adapter:
                 # retries the batch in halves.
                 self._decoder.release()
                 raise
+        if shared:   # generate takes the plain batch
+            inputs = prefix_sharing.unshared_tensors(inputs, self.tokenizer.pad_token_id or 0)
         output = self.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=self.tokenizer.pad_token_id)
         return output[:, inputs["input_ids"].shape[1]:]
 
@@ -282,6 +295,8 @@ class Adapter:
             ", CUDA graph" if _first_device(self.model).type == "cuda" else ", eager") + " (sampling, beams: generate)"
 
     def _prompt_tokens(self, prompt: str) -> int:
+        if not prompt:       # the image part of a cost alone (prefix sharing): no tokenizer call
+            return 0
         return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     @staticmethod
@@ -509,6 +524,7 @@ class NativeImageTextAdapter(Adapter):
         self.model_input_names = frozenset(inspect.signature(model.forward).parameters) - _NOT_MODEL_INPUTS
         # None: collate ships the processor's float32 pixel values as they are.
         self.pixel_normalization = self.deferred_normalization()
+        self._image_token_counts: dict[tuple[int, int], int] = {}
         self._slot_fill: dict[str, torch.Tensor] = {}
         self._slot_fill = self._probe_slot_fill()
         self.capabilities = self._decide_capabilities()
@@ -579,6 +595,12 @@ class NativeImageTextAdapter(Adapter):
                 images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
         from transformers.image_utils import load_image
 
+        if self.prefix_sharing:
+            from launcher.prefix_sharing import collate_shared
+
+            shared = collate_shared(self, items, prompts, images)
+            if shared is not None:
+                return shared
         texts = [self.text(prompt, len(item_images)) for prompt, item_images in zip(prompts, images)]
         # What apply_chat_template does to every image of a conversation: EXIF orientation applied, RGB.
         images = [[load_image(image) for image in item_images] for item_images in images]
@@ -592,6 +614,8 @@ class NativeImageTextAdapter(Adapter):
     # -- capabilities -------------------------------------------------------------------------------
 
     def _decide_capabilities(self) -> FamilyCapabilities:
+        from launcher.prefix_sharing import family_capability
+
         if self.chat_template:
             prompt = ("chat template (processor.apply_chat_template, tokenize=True equivalent: "
                       + ("BOS written by the template, none added" if self._template_writes_bos()
@@ -603,7 +627,7 @@ class NativeImageTextAdapter(Adapter):
         return FamilyCapabilities(
             prompt=prompt, images="one list of images per item (nested)", chunk_join=join_note, joins_chunks=joins,
             fast_decode="launcher.fast_decode" if fast is None else f"generate: {fast}",
-            prefix_sharing="off (not implemented for this adapter)")
+            prefix_sharing=family_capability(self.model_type))
 
     def _template_writes_bos(self) -> bool:
         return not self._adds_special_tokens([self.text("describe the image", 1)])
@@ -673,6 +697,14 @@ class NativeImageTextAdapter(Adapter):
         return _strip(self.tokenizer.batch_decode(self._new_tokens(inputs, settings), skip_special_tokens=True))
 
     def _image_tokens(self, width: int, height: int) -> int:
+        # Asked for every item before a task starts (costs): the processor's count takes milliseconds, and
+        # images of one size (or one image asked about many times) have one count.
+        key = (width, height)
+        if key not in self._image_token_counts:
+            self._image_token_counts[key] = self._count_image_tokens(width, height)
+        return self._image_token_counts[key]
+
+    def _count_image_tokens(self, width: int, height: int) -> int:
         processor = self.processor
         try:
             counted = processor._get_num_multimodal_tokens(image_sizes=[(height, width)], **self.processor_kwargs)
@@ -689,7 +721,7 @@ class NativeImageTextAdapter(Adapter):
                 "image_processor": type(image_processor).__name__ if image_processor is not None else None,
                 "processor_kwargs": dict(self.processor_kwargs),
                 "pixel_transfer": _pixel_transfer(self.pixel_normalization), "decode": self._decode_description(),
-                "capabilities": self.capabilities.to_json()}
+                "capabilities": self.capabilities.to_json(), "prefix_sharing": self.prefix_sharing}
 
 
 def _per_channel(value: Any) -> tuple[float, ...]:

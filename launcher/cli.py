@@ -36,7 +36,8 @@ from typing import Sequence
 from launcher.errors import UserError
 from launcher.generation import GenerationSettings
 
-DEFAULT_BATCH_SIZE = 16
+# None: `--batch-size auto` (launcher.batch_size: from free GPU memory, at most 256; 16 on the CPU).
+DEFAULT_BATCH_SIZE: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class RunConfig:
     image_root: Path | None = None
     metric: str | None = None
     out_dir: Path | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = DEFAULT_BATCH_SIZE   # None: auto
     max_new_tokens: int | None = None
     num_beams: int = 1
     temperature: float = 0.0
@@ -62,6 +63,7 @@ class RunConfig:
     schedule: str = "dynamic"
     static_cache: bool = False
     decode: str = "auto"
+    prefix_sharing: bool = True
     gpus_per_model: int = 1
     auto: bool = False
     device_map_method: str = "planner"
@@ -113,6 +115,15 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see launch.py --help)")
 
 
+def _batch_size(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
 def _num_workers(value: str) -> int | None:
     if value == "auto":
         return None
@@ -159,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--list-tasks", action="store_true", help="print every task, its files and metric")
 
     generation = parser.add_argument_group("generation")
-    generation.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    generation.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH_SIZE, metavar="N|auto",
+                            help="items per generate call (default auto: the most that fit the GPU's free memory "
+                                 "for the task's longest prompt, at most 256; 16 on the CPU; see run.json)")
     generation.add_argument("--max-new-tokens", type=int)
     generation.add_argument("--num-beams", type=int, default=1)
     generation.add_argument("--temperature", type=float, default=0.0)
@@ -178,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="auto: greedy decoding by our loop (launcher.fast_decode: the decode step "
                                  "replayed from a CUDA graph on GPUs) where the model allows it, else "
                                  "transformers' generate; generate: always transformers' generate")
+    generation.add_argument("--no-prefix-sharing", dest="prefix_sharing", action="store_false",
+                            help="compute every question's image prefix on its own (default: questions about the "
+                                 "same image in a batch share the vision tower's work and the prefill of the "
+                                 "image tokens; same tokens in float32)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--out-dir", type=Path, help="default: results/<checkpoint name>")
@@ -216,7 +233,7 @@ def _validate(config: RunConfig) -> None:
             raise UserError("--task is required (a comma list of tasks; see --list-tasks)")
     if config.load_in_8bit and config.load_in_4bit:
         raise UserError("--load-in-8bit and --load-in-4bit exclude each other: pick one")
-    if config.batch_size < 1:
+    if config.batch_size is not None and config.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.num_workers is not None and config.num_workers < 0:
         raise UserError(f"--num-workers must be 0 or more, got {config.num_workers}")

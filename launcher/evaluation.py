@@ -25,13 +25,15 @@ from launcher.images import image_size
 from launcher.journal import Journal, journal_path, next_attempt, read_journal, read_journals
 from launcher.outputs import (atomic_write_json, atomic_write_jsonl, atomic_write_text, check_fingerprint, checkpoint_identity,
                               git_revision, versions)
+from launcher import prefix_sharing
 from launcher.preflight import bad_images_error, check_images_everywhere, count_image_files
 from launcher.runner import (StopFlag, default_num_workers, ignore_stop_signals, install_signal_handlers,
                              kill_preprocessing_workers, run_batches)
-from launcher.scheduler import contiguous_shard, plan_batches
+from launcher.scheduler import plan_batches, shard_indices
 from launcher.topology import Topology, connect, detect, disconnect
 
 PREEMPT_GRACE_SECONDS = 10.0
+CHAT_TEMPLATE_TOKENS = 32        # --batch-size auto: the chat template's tokens beyond the estimated cost
 DEAD_PEER_SETTLE_SECONDS = 2.5
 FOREVER = float("inf")
 
@@ -51,6 +53,7 @@ class Evaluation:
         self._clock_origin = time.perf_counter()   # per-rank timelines count from here
         self._loaded_at: float | None = None
         self._bad_images: dict[str, dict[int, str]] = {}   # task -> item index -> reason (--on-bad-item skip)
+        self._free_bytes: int | None = None      # free GPU memory after loading (--batch-size auto)
 
     # ----- output
     def log(self, message: str, all_ranks: bool = False) -> None:
@@ -128,6 +131,7 @@ class Evaluation:
         adapter = load_adapter(self.config, devices)
         self._loaded_at = time.perf_counter()
         seconds = self._loaded_at - started
+        self._setup_speed(adapter, devices)
         description = adapter.describe()
         self.store.set(f"info/{topology.rank}", json.dumps({"topology": topology.to_json(), "model": description,
                                                            "load_seconds": round(seconds, 3)}, default=str))
@@ -151,6 +155,19 @@ class Evaluation:
         for entry in bad:
             self._bad_images[task.name].setdefault(entry.index, f"image {entry.path}: {entry.reason}")
 
+    def _setup_speed(self, adapter, devices) -> None:
+        """Prefix sharing on or off (and why), and the free GPU memory `--batch-size auto` starts from."""
+        from launcher import batch_size
+
+        reason = "turned off by --no-prefix-sharing"
+        if self.config.prefix_sharing:
+            reason = prefix_sharing.unsupported_reason(adapter, self.config.generation(1))
+        adapter.prefix_sharing = reason is None
+        self.manifest["prefix_sharing"] = {"enabled": reason is None, "reason": reason}
+        self.log("prefix sharing: " + ("on (questions about the same image share its vision and prefill work)"
+                                       if reason is None else f"off ({reason})"))
+        self._free_bytes = batch_size.free_bytes(devices)
+
     def _task_inputs(self) -> TaskInputs:
         config = self.config
         return TaskInputs(data_root=config.data_root, image_root=config.resolved_image_root, data_file=config.data,
@@ -168,7 +185,8 @@ class Evaluation:
             check_fingerprint(task_dir, fingerprint, config.overwrite)
             finished = read_journals(task_dir)
             attempt = next_attempt(task_dir)
-            store.set(plan_key, json.dumps({"attempt": attempt, "finished": sorted(finished)}))
+            store.set(plan_key, json.dumps({"attempt": attempt, "finished": sorted(finished),
+                                            "free_bytes": self._free_bytes}))
         else:
             self.coordinator.wait_for([plan_key], f"rank 0's plan for {task.name}", config.timeout)
         plan = json.loads(store.get(plan_key))
@@ -182,16 +200,26 @@ class Evaluation:
         workers = (config.num_workers if config.num_workers is not None
                    else default_num_workers(topology.local_world_size))
         self.log(f"{task.name}: {len(items)} items, {len(items) - len(pending)} already done, attempt {attempt}, "
-                 f"schedule {config.schedule}, batch size {config.batch_size}, {workers} preprocessing worker(s)")
+                 f"schedule {config.schedule}, {workers} preprocessing worker(s)")
         dynamic = config.schedule == "dynamic" and topology.world_size > 1
+        groups = prefix_sharing.group_keys(items, pending) if adapter.prefix_sharing else None
         # Every process (one model replica each, however many GPUs it drives) claims from the queue.
         # Static batches are rank-local: only this rank's shard needs reading (image headers).
-        wanted = pending if dynamic else [pending[i] for i in contiguous_shard(len(pending), topology.rank,
-                                                                                topology.world_size)]
-        costs = self._costs(adapter, items, prompts, wanted)
-        batches = plan_batches(pending, costs, config.batch_size, topology.rank, topology.world_size, dynamic)
+        wanted = pending if dynamic else shard_indices(pending, topology.rank, topology.world_size, groups)
+        shared_costs: dict[int, float] | None = {} if groups is not None else None
+        costs = self._costs(adapter, items, prompts, wanted, shared_costs)
+        # Under the dynamic schedule every process must cut the same list: all size it from rank 0's memory.
+        choice = self._batch_size(adapter, settings, items, costs,
+                                  plan.get("free_bytes") if dynamic else self._free_bytes)
+        self.log(f"{task.name}: {choice.describe()}")
+        if groups is not None:
+            self.log(f"{task.name}: prefix sharing: {prefix_sharing.describe_groups(groups)}")
+            costs = prefix_sharing.effective_costs(costs, shared_costs, groups, choice.batch_size)
+        batches = plan_batches(pending, costs, choice.batch_size, topology.rank, topology.world_size, dynamic,
+                               groups=groups)
         progress = _Progress(self, task.name, total=len(items), initial=len(items) - len(pending))
         journal = Journal(journal_path(task_dir, topology.rank, attempt))
+        counts_before = dict(adapter.sharing_counts)
         try:
             if skipped_now and topology.rank == 0:
                 journal.append([{**task.prediction_row(items[index], ""), "skipped": bad_images[index]}
@@ -202,7 +230,7 @@ class Evaluation:
                 journal=journal, on_bad_item=config.on_bad_item, num_workers=workers,
                 pin_memory=bool(topology.gpus), queue_key=f"queue/{task.name}/{attempt}" if dynamic else None,
                 store=store, stop=self.stop,
-                on_batch_done=progress.advance, set_phase=self.coordinator.set_phase)
+                on_batch_done=progress.advance, set_phase=self.coordinator.set_phase, groups=groups)
         except BaseException:
             progress.abandon()   # end the bar's line before the error is printed
             raise
@@ -215,6 +243,8 @@ class Evaluation:
         store.set(f"done/{task.name}/{topology.rank}", json.dumps(
             {"items": result.items_done, "batches": result.batches, "skipped": result.skipped,
              "oom_splits": result.oom_splits, "seconds": round(result.seconds, 3), "host": topology.hostname,
+             "batch_size": choice.to_json(),
+             "prefix_sharing": {key: adapter.sharing_counts[key] - counts_before[key] for key in counts_before},
              "timeline": self._timeline(result)}))
         if config.no_shared_fs:
             own_rows = _rows_of(journal.path)
@@ -240,7 +270,8 @@ class Evaluation:
         atomic_write_json(task_dir / "metrics.json", metrics)
         self.manifest["tasks"][task.name] = {
             "n": len(items), "attempt": attempt, "metrics": metrics, "per_rank": per_rank,
-            "oom_splits": sum(entry["oom_splits"] for entry in per_rank),
+            "oom_splits": sum(entry["oom_splits"] for entry in per_rank), "batch_size": choice.to_json(),
+            "prefix_groups": prefix_sharing.describe_groups(groups) if groups is not None else None,
             "predictions": str(task_dir / "predictions.jsonl")}
         self._write_manifest("running")
         self.log(f"{task.name}: {score.metric} = {score.score:.2f} ({score.scale}, n={score.n}"
@@ -263,13 +294,32 @@ class Evaluation:
                 "busy_s": round(busy, 3), "idle_s": round(result.seconds - busy, 3), "finish_s": since(finish),
                 "batches": [[since(start), since(end)] for start, end in result.batch_spans]}
 
-    def _costs(self, adapter, items: Sequence[Item], prompts: Sequence[str], indices: Sequence[int]) -> dict:
+    def _costs(self, adapter, items: Sequence[Item], prompts: Sequence[str], indices: Sequence[int],
+               shared_costs: dict[int, float] | None = None) -> dict:
+        """Each item's cost (LLM tokens); with `shared_costs`, also fills in its image part (the cost
+        without the prompt), what prefix sharing pays once per group."""
         costs: dict[int, float] = {}
+        headers: dict[Any, Any] = {}      # an image asked about by several items is read once
         for index in indices:
-            sizes = [image_size(source) for source in items[index].images]
+            sizes = [_cached_image_size(source, headers) for source in items[index].images]
             costs[index] = float(adapter.estimate_cost(items[index], prompts[index], [s for s in sizes if s]))
+            if shared_costs is not None:
+                shared_costs[index] = float(adapter.estimate_cost(items[index], "", [s for s in sizes if s]))
         return costs
 
+    def _batch_size(self, adapter, settings, items: Sequence[Item], costs: dict, free: int | None):
+        """`--batch-size N`, or auto (launcher.batch_size) from `free` and the task's longest prompt."""
+        from launcher.batch_size import BatchSizeChoice, auto_batch_size
+
+        config = self.config
+        if config.batch_size is not None:
+            return BatchSizeChoice(config.batch_size, "flag")
+        # estimate_cost counts prompt and image tokens, not the chat template's own (a few dozen at most).
+        longest = int(max(costs.values(), default=0.0)) + CHAT_TEMPLATE_TOKENS
+        images = max((len(items[index].images) for index in costs), default=1)
+        tiles = max(1, images) * (config.max_num + 1 if config.dynamic else 1)
+        model_config = getattr(adapter.model, "config", None)
+        return auto_batch_size(model_config, int(adapter.dtype.itemsize), free, longest, settings.max_new_tokens, tiles)
     # ----- endings
     def _finish(self) -> None:
         topology = self.topology
@@ -461,6 +511,15 @@ class _Progress:
                 self.evaluation.coordinator.tick_callbacks.remove(self._refresh)
                 self.bar.close()
                 self.bar = None
+
+
+def _cached_image_size(source: Any, headers: dict[Any, Any]) -> tuple[int, int] | None:
+    try:
+        if source not in headers:
+            headers[source] = image_size(source)
+        return headers[source]
+    except TypeError:     # an unhashable source
+        return image_size(source)
 
 
 def _rows_of(path: Path) -> dict[str, dict]:

@@ -378,22 +378,33 @@ class GreedyDecoder:
         return {"prefill_ms": prefill_ms, "decode_ms": decode_ms, "decode_steps": self._last_steps}
 
     @torch.inference_mode()
-    def generate(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-        """New token ids `[B, columns]` of greedy decoding (module docstring), on the model's device."""
+    def generate(self, inputs: Mapping[str, torch.Tensor] | Any, max_new_tokens: int) -> torch.Tensor:
+        """New token ids `[B, columns]` of greedy decoding (module docstring), on the model's device.
+
+        `inputs` is the model's keyword arguments, or a prompt that prefills the cache itself (an object
+        with `batch_size`, `prompt_length`, `attention_mask` and `prefill(decoder, cache)` returning the
+        first tokens and next positions: `launcher.prefix_sharing.SharedPrompt`)."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        input_ids = inputs["input_ids"]
-        batch_size, prompt_length = int(input_ids.shape[0]), int(input_ids.shape[1])
-        attention_mask = inputs.get("attention_mask")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        if isinstance(inputs, Mapping):
+            input_ids = inputs["input_ids"]
+            batch_size, prompt_length = int(input_ids.shape[0]), int(input_ids.shape[1])
+            attention_mask = inputs.get("attention_mask")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+        else:
+            batch_size, prompt_length, attention_mask = inputs.batch_size, inputs.prompt_length, inputs.attention_mask
         cache_length = bucketed_cache_length(prompt_length, max_new_tokens, self.length_bucket)
         self._mark_time(0)
-        position_ids = inputs.get("position_ids")
-        if position_ids is None:
-            position_ids = generation_position_ids(self.model, inputs, attention_mask)
-        shape = self._shape(batch_size, cache_length, tuple(position_ids.shape[:-2]))
-        first_tokens, start_positions = self._prefill(shape, inputs, attention_mask, position_ids)
+        if isinstance(inputs, Mapping):
+            position_ids = inputs.get("position_ids")
+            if position_ids is None:
+                position_ids = generation_position_ids(self.model, inputs, attention_mask)
+            shape = self._shape(batch_size, cache_length, tuple(position_ids.shape[:-2]))
+            first_tokens, start_positions = self._prefill(shape, inputs, attention_mask, position_ids)
+        else:   # 1-D positions: prefix sharing serves only such models (prefix_sharing.unsupported_reason)
+            shape = self._shape(batch_size, cache_length)
+            first_tokens, start_positions = inputs.prefill(self, shape.cache)
         shape.armed = {"first_tokens": first_tokens, "start_positions": start_positions,
                        "prompt_mask": attention_mask.to(self.device, torch.bool), "prompt_length": prompt_length,
                        "max_new_tokens": max_new_tokens}

@@ -13,6 +13,7 @@ from launcher.device_map import GIB, dry_run_plan, format_plan
 from launcher.errors import UserError
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+PLANNING_BATCH_SIZE = 16
 
 
 def _tiles(config: RunConfig) -> int:
@@ -41,11 +42,14 @@ def print_dry_run(config: RunConfig) -> int:
         dtype_bytes = 1  # bounded above by int8: 4-bit packs two weights a byte
     from launcher.model_code import converted_skeleton
 
-    plans = dry_run_plan(config.checkpoint, gpus_per_model, gpus, memory, config.batch_size, _tiles(config),
+    # --batch-size auto is decided after loading, from the free memory: plan the headroom of a default batch.
+    batch_size = config.batch_size or PLANNING_BATCH_SIZE
+    plans = dry_run_plan(config.checkpoint, gpus_per_model, gpus, memory, batch_size, _tiles(config),
                          config.max_new_tokens or 32, dtype_bytes, trust_remote_code=config.trust_remote_code,
                          method=config.device_map_method, skeleton=converted_skeleton(config))
     print(f"{len(plans)} replica(s) x {gpus_per_model} GPU(s) on {gpus} GPU(s) of {memory / GIB:.1f} GiB; "
-          f"batch size {config.batch_size}, up to {_tiles(config)} tile(s) per image")
+          f"batch size {batch_size}{'' if config.batch_size else ' (headroom planned for; auto picks after loading)'}, "
+          f"up to {_tiles(config)} tile(s) per image")
     for plan in plans:
         print(format_plan(plan))
     print("every replica fits; start it with: torchrun --nproc_per_node "

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -62,12 +62,15 @@ class Preprocessor:
         self.adapter = adapter
         self.on_bad_item = on_bad_item
 
-    def __call__(self, number: int, indices: list[int]) -> PreparedBatch:
+    def __call__(self, number: int, indices: list[int], shared: bool = False) -> PreparedBatch:
+        """`shared`: the batch these items belong to asks about an image more than once, so every chunk of it
+        is collated in the shared layout (`prefix_sharing`), those without a repeat of their own included."""
         kept, images, skipped = [], [], {}
+        decoded: dict[Any, Any] = {}     # an image asked about by several items is decoded once
         for index in indices:
             item = self.items[index]
             try:
-                opened = [open_image(source, item.id) for source in item.images]
+                opened = [self._open(source, item.id, decoded) for source in item.images]
             except DataError as error:
                 if self.on_bad_item == "error":
                     raise DataError(f"{error} (pass --on-bad-item skip to record it and go on)") from None
@@ -77,8 +80,24 @@ class Preprocessor:
             images.append(opened)
         inputs = None
         if kept:
-            inputs = self.adapter.collate([self.items[i] for i in kept], [self.prompts[i] for i in kept], images)
+            items, prompts = [self.items[i] for i in kept], [self.prompts[i] for i in kept]
+            if shared and getattr(self.adapter, "prefix_sharing", False):
+                from launcher.prefix_sharing import collate_shared
+
+                inputs = collate_shared(self.adapter, items, prompts, images, without_repeats=True)
+            if inputs is None:
+                inputs = self.adapter.collate(items, prompts, images)
         return PreparedBatch(number, kept, inputs, skipped)
+
+    @staticmethod
+    def _open(source: Any, item_id: str, decoded: dict[Any, Any]) -> Any:
+        try:
+            if source in decoded:
+                return decoded[source]
+        except TypeError:        # an unhashable source: decode it each time
+            return open_image(source, item_id)
+        decoded[source] = open_image(source, item_id)
+        return decoded[source]
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,7 @@ class Chunk:
     part: int
     parts: int
     indices: tuple[int, ...]
+    shared: bool = False      # the batch asks about an image twice (`Preprocessor`)
 
 
 class _ChunkKeys:
@@ -96,19 +116,23 @@ class _ChunkKeys:
     Every batch is cut into `workers` chunks (fewer when it has fewer items), whatever its size: a
     batch of a few heavy items (13 tiles each) is spread over the workers as a full batch is."""
 
-    def __init__(self, batches: list[list[int]], workers: int, queue: WorkQueue | None) -> None:
+    def __init__(self, batches: list[list[int]], workers: int, queue: WorkQueue | None,
+                 groups: Mapping[int, Hashable] | None = None) -> None:
         self.batches = batches
         self.workers = workers
         self.queue = queue
+        self.groups = groups      # image groups (prefix sharing): chunks end at group boundaries
 
     def __iter__(self):
+        from launcher.prefix_sharing import batch_shares, chunk_ranges
+
         numbers = iter(self.queue) if self.queue is not None else iter(range(len(self.batches)))
         for number in numbers:
             batch = self.batches[number]
-            size = chunk_size(len(batch), self.workers)
-            starts = range(0, len(batch), size)
-            for part, start in enumerate(starts):
-                yield Chunk(number, part, len(starts), tuple(batch[start:start + size]))
+            ranges = chunk_ranges(batch, self.workers, self.groups)
+            shared = batch_shares(batch, self.groups)
+            for part, (start, end) in enumerate(ranges):
+                yield Chunk(number, part, len(ranges), tuple(batch[start:end]), shared)
 
 
 class _Chunks(Dataset):
@@ -117,7 +141,7 @@ class _Chunks(Dataset):
 
     def __getitem__(self, chunk: Chunk) -> tuple[Chunk, PreparedBatch | UserError]:
         try:
-            return chunk, self.prepare(chunk.number, list(chunk.indices))
+            return chunk, self.prepare(chunk.number, list(chunk.indices), chunk.shared)
         except UserError as error:
             # Handed back as a value: raised in a worker, torch would re-raise it wrapped in its own
             # traceback ("Caught DataError in DataLoader worker process 0 ..."); a user error is one line.
@@ -127,7 +151,11 @@ class _Chunks(Dataset):
 def join_chunks(parts: Sequence[PreparedBatch], pin_memory: bool, prepare: Preprocessor) -> PreparedBatch:
     """One batch from its chunks, in order: the tensors one collate of all its items would give.
     Chunks that cannot be joined (some with images, some without) are collated again as one piece."""
+    from launcher.prefix_sharing import mixed_parts_as_plain
+
     inputs = [part.inputs for part in parts if part.inputs is not None]
+    tokenizer = getattr(getattr(prepare, "adapter", None), "tokenizer", None)
+    inputs = mixed_parts_as_plain(inputs, getattr(tokenizer, "pad_token_id", None))
     indices = [i for part in parts for i in part.indices]
     skipped = {i: reason for part in parts for i, reason in part.skipped.items()}
     try:
@@ -205,15 +233,17 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
                 adapter, settings: GenerationSettings, journal: Journal, on_bad_item: str, num_workers: int,
                 pin_memory: bool, queue_key: str | None, store, stop: StopFlag,
                 on_batch_done: Callable[[int, list[str]], None],
-                set_phase: Callable[[str, Sequence[str]], None]) -> LoopResult:
-    """Run this process's share of `batches` (all of them, claimed dynamically when `queue_key` is set)."""
+                set_phase: Callable[[str, Sequence[str]], None],
+                groups: Mapping[int, Hashable] | None = None) -> LoopResult:
+    """Run this process's share of `batches` (all of them, claimed dynamically when `queue_key` is set).
+    `groups`: the image groups the batches keep together (prefix sharing), so chunks do too."""
     prepare = Preprocessor(items, prompts, adapter, on_bad_item)
     workers = num_workers if batches else 0
     queue = WorkQueue(store, queue_key, len(batches)) if queue_key is not None else None
     # Without workers a batch is prepared in one piece (one "worker"): chunks would only add joins. So it is
     # for a model family whose chunks cannot be joined (the adapter's capability record says so).
     joins = getattr(getattr(adapter, "capabilities", None), "joins_chunks", True)
-    loader = DataLoader(_Chunks(prepare), sampler=_ChunkKeys(batches, max(1, workers) if joins else 1, queue),
+    loader = DataLoader(_Chunks(prepare), sampler=_ChunkKeys(batches, max(1, workers) if joins else 1, queue, groups),
                         batch_size=None,
                         num_workers=workers, pin_memory=False, prefetch_factor=1 if workers else None,
                         persistent_workers=False,

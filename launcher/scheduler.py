@@ -7,11 +7,17 @@
   from an atomic counter on the coordination store until none is left, so a slow process simply takes
   fewer batches, and all of them finish within about the last few small batches of each other.
 
+With `groups` (index -> key; `launcher.prefix_sharing`: items asking about the same images), both
+schedules keep a group's items next to each other and in one batch: a group that does not fit in what is
+left of a batch starts the next one, a group larger than a batch spans consecutive batches, and static shards
+end at group boundaries. The costs passed in then count a group's shared image once
+(`prefix_sharing.effective_costs`).
+
 Everything but `WorkQueue` is pure: plain values in, plain values out.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Hashable, Iterable, Iterator, Mapping, Sequence
 
 
 def contiguous_shard(num_items: int, rank: int, world_size: int) -> range:
@@ -23,6 +29,43 @@ def contiguous_shard(num_items: int, rank: int, world_size: int) -> range:
     return range(start, start + base + (1 if rank < extra else 0))
 
 
+def _group_units(indices: Sequence[int], groups: Mapping[int, Hashable] | None) -> list[list[int]]:
+    """`indices` as units scheduled together: each group's items in dataset order (groups in the order of
+    their first item), or one unit per item without groups."""
+    if groups is None:
+        return [[index] for index in indices]
+    units: dict[Hashable, list[int]] = {}
+    for index in indices:
+        units.setdefault(groups[index], []).append(index)
+    return list(units.values())
+
+
+def shard_indices(indices: Sequence[int], rank: int, world_size: int,
+                  groups: Mapping[int, Hashable] | None = None) -> list[int]:
+    """`rank`'s part of `indices` under the static schedule: its contiguous shard (`contiguous_shard`). With
+    `groups`, items are first put next to the other items of their group (in order of each group's first
+    item) and a shard ends at the group boundary nearest to where the even split would end it."""
+    if groups is None:
+        return [indices[position] for position in contiguous_shard(len(indices), rank, world_size)]
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of {world_size}")
+    units = _group_units(indices, groups)
+    ordered = [index for unit in units for index in unit]
+    boundaries = [0]
+    for unit in units:
+        boundaries.append(boundaries[-1] + len(unit))
+
+    def cut(shard: int) -> int:
+        if shard <= 0:
+            return 0
+        if shard >= world_size:
+            return len(ordered)
+        even = contiguous_shard(len(ordered), shard, world_size).start
+        return min(boundaries, key=lambda boundary: (abs(boundary - even), boundary))
+
+    return ordered[cut(rank):max(cut(rank), cut(rank + 1))]
+
+
 # Guided self-scheduling of the dynamic queue's tail: a batch's cost stays below this fraction of the
 # work left per claiming process, and holds at least batch_size // TAIL_MIN_ITEMS_DIVISOR items.
 TAIL_SHARE_PER_PROCESS = 0.5
@@ -30,7 +73,8 @@ TAIL_MIN_ITEMS_DIVISOR = 4
 
 
 def cost_batches(indices: Sequence[int], costs: Mapping[int, float] | Sequence[float], batch_size: int,
-                 max_batch_cost: float | None = None, world_size: int = 1) -> list[list[int]]:
+                 max_batch_cost: float | None = None, world_size: int = 1,
+                 groups: Mapping[int, Hashable] | None = None) -> list[list[int]]:
     """Cut `indices` into batches of items of similar cost, most expensive first.
 
     Sorting by cost keeps padding small (items of a batch have similar tile counts and prompt lengths) and
@@ -51,29 +95,44 @@ def cost_batches(indices: Sequence[int], costs: Mapping[int, float] | Sequence[f
     last two rounds of full batches, so the throughput cost of smaller batches (each one's fixed overhead)
     is paid only there; the floor keeps tail batches from getting too small to keep a GPU busy. With
     `world_size` 1 (one process, and each rank's own shard under the static schedule) nothing changes.
+
+    With `groups`, the unit of all of the above is a group (module docstring): groups are sorted by their
+    items' mean cost, a batch closes before a group that would overfill it or pass a cost bound, and a group
+    larger than `batch_size` fills the current batch and as many following ones as it needs (closing early
+    would leave a small batch), its last part then shared with the next groups.
+    Without groups every item is its own unit: exactly the rules above.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if world_size < 1:
         raise ValueError(f"world size must be at least 1, got {world_size}")
-    ordered = sorted(indices, key=lambda index: (-costs[index], index))
+    units = sorted(_group_units(indices, groups),
+                   key=lambda unit: (-sum(costs[index] for index in unit) / len(unit), unit[0]))
     tail_share = TAIL_SHARE_PER_PROCESS / world_size if world_size > 1 else None
     tail_min_items = max(1, batch_size // TAIL_MIN_ITEMS_DIVISOR)
-    remaining = sum(costs[index] for index in ordered)
+    remaining = sum(costs[index] for unit in units for index in unit)
     batches: list[list[int]] = []
     current: list[int] = []
     current_cost = 0.0
-    for index in ordered:
-        full = len(current) == batch_size
-        too_costly = max_batch_cost is not None and current and current_cost + costs[index] > max_batch_cost
-        tail_full = (tail_share is not None and len(current) >= tail_min_items
-                     and current_cost + costs[index] > remaining * tail_share)
-        if full or too_costly or tail_full:
+    for unit in units:
+        unit_cost = sum(costs[index] for index in unit)
+        oversize = len(unit) > batch_size     # fills whatever is open: closing first would leave a small batch
+        fits = oversize or len(current) + len(unit) <= batch_size
+        too_costly = (max_batch_cost is not None and current and not oversize
+                      and current_cost + unit_cost > max_batch_cost)
+        tail_full = (tail_share is not None and len(current) >= tail_min_items and not oversize
+                     and current_cost + unit_cost > remaining * tail_share)
+        if current and (not fits or len(current) == batch_size or too_costly or tail_full):
             batches.append(current)
             remaining -= current_cost
             current, current_cost = [], 0.0
-        current.append(index)
-        current_cost += costs[index]
+        for index in unit:          # only a unit larger than a batch fills one here
+            if len(current) == batch_size:
+                batches.append(current)
+                remaining -= current_cost
+                current, current_cost = [], 0.0
+            current.append(index)
+            current_cost += costs[index]
     if current:
         batches.append(current)
     return batches
@@ -88,22 +147,25 @@ def balanced_cost_cap(costs: Iterable[float], batch_size: int) -> float | None:
 
 
 def static_batches(indices: Sequence[int], costs: Mapping[int, float] | Sequence[float], batch_size: int,
-                   rank: int, world_size: int, max_batch_cost: float | None = None) -> list[list[int]]:
+                   rank: int, world_size: int, max_batch_cost: float | None = None,
+                   groups: Mapping[int, Hashable] | None = None) -> list[list[int]]:
     """This rank's batches under the static schedule: its contiguous shard of `indices`, cost-grouped."""
-    shard = contiguous_shard(len(indices), rank, world_size)
-    return cost_batches([indices[position] for position in shard], costs, batch_size, max_batch_cost)
+    return cost_batches(shard_indices(indices, rank, world_size, groups), costs, batch_size, max_batch_cost,
+                        groups=groups)
 
 
 def plan_batches(indices: Sequence[int], costs: Mapping[int, float] | Sequence[float], batch_size: int,
-                 rank: int, world_size: int, dynamic: bool) -> list[list[int]]:
+                 rank: int, world_size: int, dynamic: bool,
+                 groups: Mapping[int, Hashable] | None = None) -> list[list[int]]:
     """The batches a run uses. Dynamic: one list, the same on every process (cost cap, shrinking tail),
-    claimed from the queue. Static: this rank's contiguous shard of `indices`, capped by its own costs
-    (only the shard's costs need to exist)."""
+    claimed from the queue. Static: this rank's contiguous shard of `indices` (`shard_indices`), capped by its
+    own costs (only the shard's costs need to exist). `groups`: keep image groups together (module docstring)."""
     if dynamic:
         cap = balanced_cost_cap((costs[index] for index in indices), batch_size)
-        return cost_batches(indices, costs, batch_size, cap, world_size=world_size)
-    shard_costs = (costs[indices[position]] for position in contiguous_shard(len(indices), rank, world_size))
-    return static_batches(indices, costs, batch_size, rank, world_size, balanced_cost_cap(shard_costs, batch_size))
+        return cost_batches(indices, costs, batch_size, cap, world_size=world_size, groups=groups)
+    shard = shard_indices(indices, rank, world_size, groups)
+    return static_batches(indices, costs, batch_size, rank, world_size,
+                          balanced_cost_cap((costs[index] for index in shard), batch_size), groups)
 
 
 class WorkQueue:

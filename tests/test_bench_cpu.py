@@ -163,3 +163,33 @@ def test_preflight_bench_finds_exactly_the_deleted_files_at_every_thread_count(t
     assert [(row["threads"], row["missing_found"]) for row in report["rows"]] == [(1, 7), (4, 7)]
     assert all(row["median_s"] > 0 and row["files_per_s"] > 0 for row in report["rows"])
     assert [path.name for path in tmp_path.iterdir()] == ["preflight.json"]     # its files are cleaned up
+
+
+def test_prefix_bench_reports_sharing_speedups_batch_choices_and_waits(tmp_path):
+    from bench import prefix
+
+    out = tmp_path / "prefix.json"
+    assert prefix.main(IN_PROCESS + ["--pope-items", "36", "--docvqa-items", "8", "--distinct-items", "8",
+                                     "--batch-sizes", "8", "--warmup-items", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    modes = [(row["set"], row["mode"]) for row in report["rows"]]
+    assert modes == [("pope", "ours, default flags (auto batch, prefix sharing)"),
+                     ("pope", "ours, --no-prefix-sharing (same batch size)"),
+                     ("docvqa", "ours, default flags (auto batch, prefix sharing)"),
+                     ("docvqa", "ours, --no-prefix-sharing (same batch size)"),
+                     ("distinct", "ours, default flags (auto batch, prefix sharing)"),
+                     ("distinct", "ours, --batch-size 8")]
+    for row in report["rows"]:
+        _sane_rate(row)
+        assert 0 <= row["wait_before_first_batch_s"] < row["seconds"]
+        assert 0 <= row["gpu_idle_share_after_first_batch"] < 1
+    pope_shared, pope_alone = report["rows"][0], report["rows"][1]
+    assert pope_shared["batch_source"] == "cpu" and pope_alone["batch_size"] == pope_shared["batch_size"] == 16
+    assert pope_shared["shared"]["items"] == 36 and pope_shared["shared"]["prefixes"] < 36   # 2 images, 18 each
+    assert pope_alone["shared"]["items"] == 0
+    # The tiny model's sharp logits: sharing changes no token.
+    assert pope_alone["agreement_shared_vs_unshared"]["exact_sequence"] == 1.0
+    assert report["rows"][3]["agreement_shared_vs_unshared"]["exact_sequence"] == 1.0
+    assert report["rows"][4]["shared"]["items"] == 0                                    # distinct: nothing shared
+    assert set(report["ratios"]) == {"pope_sharing_speedup", "docvqa_sharing_speedup", "default_over_best_fixed"}
+    assert report["sets"]["docvqa"]["dynamic"] and report["sets"]["pope"]["distinct_images"] == 2
