@@ -250,7 +250,9 @@ def test_every_failure_ends_every_process_with_its_verdict_and_keeps_the_journal
     ranks = set(watch.children(roots)) if case.launcher == "torchrun" else roots
     if case.kind != "missing-image":    # that one stops before any worker starts
         assert len(ranks) == case.world
-        assert len(watch.children(ranks)) >= case.workers * case.world, watch.processes
+        # The premise: the run had its workers. A peer stopped by the failure may not have started all of
+        # its own (nor lived long enough for a poll to see them), so one rank with all of them is the check.
+        assert max(len(watch.children({rank})) for rank in ranks) >= case.workers, watch.processes
 
     stderr = started.stderr()
     run = manifest(out_dir)
