@@ -25,7 +25,8 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
-from tests.faulty_model import bad_item_data, build_faulty_checkpoint, write_corrupt_image
+from bench.report import write_report
+from tests.faulty_model import bad_item_data, build_faulty_checkpoint, fault_data_root
 from tests.runs import (PROCESS_GROUP_LEAK_WARNING, ROOT, RunWatch, child_env, torchrun_command, torchrun_workers,
                         wait_for_journal_lines)
 
@@ -101,7 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from eval_scripts.synthetic import generate_benchmark
     from launcher.tiny_models import build_native_internvl
 
     gpus = torch.cuda.is_available() and torch.cuda.device_count() >= args.nproc
@@ -109,9 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="failure-paths-") as folder:
         work = Path(folder)
         checkpoint = build_faulty_checkpoint(build_native_internvl(work / "native", seed=0), work / "faulty")
-        data_root = work / "data"
-        generate_benchmark(data_root / "synthetic", n_items=60, seed=11, split="test")
-        write_corrupt_image(data_root)
+        data_root = fault_data_root(work / "data", items=60, seed=11)
         for case in args.cases.split(","):
             row = run_case(case, checkpoint, data_root, work, args.nproc, args.workers, gpus)
             rows.append(row)
@@ -127,8 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{row['seconds_to_all_gone']:>7} {str(row['process_group_warning']):>7}")
     report = {"kind": "failure_paths", "machine": platform.node(), "backend": "nccl" if gpus else "gloo",
               "nproc": args.nproc, "workers": args.workers, "torch": torch.__version__, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

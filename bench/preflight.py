@@ -13,7 +13,6 @@ files, or the script fails.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from bench.report import write_report
 from eval_scripts.base import Item
 from launcher.preflight import find_bad_images
 
@@ -85,8 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"kind": "preflight", "machine": platform.node(), "cpus": os.cpu_count(), "platform": platform.platform(),
               "folder": str(folder.parent), "files": args.files, "missing": args.missing, "repeats": args.repeats,
               "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

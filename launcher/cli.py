@@ -115,16 +115,8 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see launch.py --help)")
 
 
-def _batch_size(value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
-
-
-def _num_workers(value: str) -> int | None:
+def _count_or_auto(value: str) -> int | None:
+    """A number, or None for "auto" (--batch-size, --num-workers)."""
     if value == "auto":
         return None
     try:
@@ -170,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--list-tasks", action="store_true", help="print every task, its files and metric")
 
     generation = parser.add_argument_group("generation")
-    generation.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH_SIZE, metavar="N|auto",
+    generation.add_argument("--batch-size", type=_count_or_auto, default=DEFAULT_BATCH_SIZE, metavar="N|auto",
                             help="items per generate call (default auto: the most that fit the GPU's free memory "
                                  "for the task's longest prompt, at most 256; 16 on the CPU; see run.json)")
     generation.add_argument("--max-new-tokens", type=int)
@@ -180,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     generation.add_argument("--few-shot", type=int, default=0)
     generation.add_argument("--dynamic", action="store_true", help="InternVL's dynamic tiling")
     generation.add_argument("--max-num", type=int, default=6, help="most tiles per image with --dynamic")
-    generation.add_argument("--num-workers", type=_num_workers, default=None, metavar="N|auto",
+    generation.add_argument("--num-workers", type=_count_or_auto, default=None, metavar="N|auto",
                             help="preprocessing worker processes per rank (default auto: the CPUs the rank may "
                                  "use, shared among the node's ranks, less one, at most 8)")
     generation.add_argument("--schedule", choices=["static", "dynamic"], default="dynamic")

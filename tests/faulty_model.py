@@ -81,6 +81,15 @@ def write_corrupt_image(data_root: Path) -> Path:
     return path
 
 
+def fault_data_root(root: Path, items: int, seed: int) -> Path:
+    """A synthetic data root for fault tests: `items` synthetic items, plus the corrupt image beside them."""
+    from eval_scripts.synthetic import generate_benchmark
+
+    generate_benchmark(Path(root) / "synthetic", n_items=items, seed=seed, split="test")
+    write_corrupt_image(root)
+    return Path(root)
+
+
 def bad_item_data(source: Path, kind: str, bad_index: int, out: Path, items: int = 24) -> tuple[Path, str]:
     """The first `items` rows of a synthetic data file, every question of one length (equal costs keep the
     items in file order), row `bad_index` broken as `kind` says: "missing-image", "corrupt-image" (see

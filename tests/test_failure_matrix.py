@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faulty_model import bad_item_data, write_corrupt_image
+from tests.faulty_model import bad_item_data, fault_data_root
 from tests.runs import (LAUNCH, PROCESS_GROUP_LEAK_WARNING, ROOT, RunWatch, child_env, free_port, manifest,
                         start_ranks, torchrun_command, torchrun_workers, wait_for_journal_lines)
 
@@ -82,12 +82,7 @@ USER_ERRORS = {"missing-image", "corrupt-image", "oom-at-batch-size-1"}
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    from eval_scripts.synthetic import generate_benchmark
-
-    root = tmp_path_factory.mktemp("matrix_data")
-    generate_benchmark(root / "synthetic", n_items=N_ITEMS, seed=4242, split="test")
-    write_corrupt_image(root)
-    return root
+    return fault_data_root(tmp_path_factory.mktemp("matrix_data"), N_ITEMS, seed=4242)
 
 
 def case_args(case: Case, checkpoint: Path, data_root: Path, out_dir: Path, data: Path | None) -> list[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faulty_model import bad_item_data, write_corrupt_image
+from tests.faulty_model import bad_item_data, fault_data_root
 from tests.runs import (EXIT_CHECK_DIR, LAUNCH, PROCESS_GROUP_LEAK_WARNING, ROOT, RunWatch, child_env, explain, launch,
                         manifest, predictions)
 
@@ -97,12 +97,7 @@ def slurm_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    from eval_scripts.synthetic import generate_benchmark
-
-    root = tmp_path_factory.mktemp("slurm_data")
-    generate_benchmark(root / "synthetic", n_items=ITEMS, seed=1234, split="test")
-    write_corrupt_image(root)
-    return root
+    return fault_data_root(tmp_path_factory.mktemp("slurm_data"), ITEMS, seed=1234)
 
 
 @pytest.fixture(scope="module")
