@@ -29,6 +29,7 @@ from launcher.adapters import Adapter, ModelInputs, _first_device, _pixel_transf
 from launcher.generation import GenerationSettings
 from launcher.internvl_conversion import OriginalInternVL
 from launcher.internvl_templates import IMG_CONTEXT_TOKEN, build_query, get_template, system_message_for
+from launcher.prefix_sharing import left_padded
 from launcher.tiling import IMAGENET_NORMALIZATION
 
 
@@ -72,29 +73,60 @@ class ConvertedInternVLAdapter(Adapter):
         return tile_bytes(tile_image(image, self.max_num, self.image_size, self.use_thumbnail, self.dynamic),
                           self.image_size)
 
+    @property
+    def model_type(self) -> str:
+        return self.model.config.model_type
+
     def collate(self, items: Sequence[Item], prompts: Sequence[str],
                 images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
-        queries, pixel_parts, patches_per_item = [], [], []
-        for prompt, item_images in zip(prompts, images):
-            item_pixels = [self.tile_bytes(image) for image in item_images]
-            patches_per_item.append([int(p.shape[0]) for p in item_pixels])
-            # One context token per image here; expanded to its tiles' count after tokenisation (below).
-            queries.append(build_query(self.template, self.system_message, prompt, [1] * len(item_pixels), 1))
-            pixel_parts.extend(item_pixels)
-        rows = [self._expand_image_tokens(ids, patches)
-                for ids, patches in zip(self.tokenizer(queries)["input_ids"], patches_per_item)]
-        width = max(len(row) for row in rows)
+        if self.prefix_sharing:
+            shared = self.collate_shared(items, prompts, images)
+            if shared is not None:
+                return shared
+        item_tiles = [[self.tile_bytes(image) for image in item_images] for item_images in images]
+        rows = self._rows(prompts, [[int(tiles.shape[0]) for tiles in item] for item in item_tiles])
         pad = int(self.tokenizer.pad_token_id)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for index, row in enumerate(rows):   # left padding, as batch_chat's tokenizer call
-            input_ids[index, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            attention_mask[index, width - len(row):] = 1
+        input_ids, attention_mask = left_padded(rows, pad)   # left padding, as batch_chat's tokenizer call
         tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
+        pixel_parts = [tiles for item in item_tiles for tiles in item]
         if pixel_parts:
             tensors["pixel_values"] = torch.cat(pixel_parts)
-        return ModelInputs(tensors, len(queries), pixel_normalization=IMAGENET_NORMALIZATION if pixel_parts else None,
+        return ModelInputs(tensors, len(rows), pixel_normalization=IMAGENET_NORMALIZATION if pixel_parts else None,
                            pad_values=_token_pad_values(tensors, pad))
+
+    def collate_shared(self, items: Sequence[Item], prompts: Sequence[str], images: Sequence[Sequence[Image.Image]],
+                       *, without_repeats: bool = False) -> ModelInputs | None:
+        """The shared layout (`launcher.prefix_sharing`): each group's images tiled once, its query's ids through
+        `</img>` (further where its questions agree) prefilled once. None where the plain collate serves: an
+        item without images, or no image asked about twice (unless `without_repeats`, see `collate_shared`)."""
+        from launcher.prefix_sharing import group_key, group_prefix_length, shared_inputs
+
+        keys = [group_key(item) for item in items]
+        if not items or any(key is None for key in keys) or any(not item_images for item_images in images):
+            return None
+        leaders: dict[Any, int] = {}
+        for position, key in enumerate(keys):
+            leaders.setdefault(key, position)
+        if not without_repeats and len(leaders) == len(items):
+            return None
+        tiles = {key: [self.tile_bytes(image) for image in images[leader]] for key, leader in leaders.items()}
+        rows = self._rows(prompts, [[int(part.shape[0]) for part in tiles[key]] for key in keys])
+        # Members share the prefix through their last image only where the text before it is the same too.
+        members_of: dict[tuple[Any, tuple[int, ...]], list[int]] = {}
+        for position, (key, row) in enumerate(zip(keys, rows)):
+            image_end = len(row) - row[::-1].index(self.image_token_id) + 1     # through `</img>`
+            members_of.setdefault((key, tuple(row[:image_end])), []).append(position)
+        groups = [(members, torch.cat(tiles[key]), group_prefix_length([rows[p] for p in members], len(before)))
+                  for (key, before), members in members_of.items()]
+        return shared_inputs(items, rows, groups, int(self.tokenizer.pad_token_id), IMAGENET_NORMALIZATION)
+
+    def _rows(self, prompts: Sequence[str], patches_per_item: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Each item's ids of InternVL's full query for its images' tile counts."""
+        # One context token per image here; expanded to its tiles' count after tokenisation (below).
+        queries = [build_query(self.template, self.system_message, prompt, [1] * len(patches), 1)
+                   for prompt, patches in zip(prompts, patches_per_item)]
+        return [self._expand_image_tokens(ids, patches)
+                for ids, patches in zip(self.tokenizer(queries)["input_ids"], patches_per_item)]
 
     def _expand_image_tokens(self, ids: Sequence[int], num_patches: Sequence[int]) -> list[int]:
         """`<IMG_CONTEXT>` is an added token, so the tokenizer splits the text at it: a run of them

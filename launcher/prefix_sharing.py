@@ -42,7 +42,8 @@ needed). `unshared_tensors` turns a shared batch back into the plain one (what `
 for `generate` and for joining with plain chunks.
 
 Where it applies (`unsupported_reason`): the transformers-native adapter over InternVL (1D positions; the
-processor returns only ids, mask and pixels), greedy decoding by `launcher.fast_decode` on one device (so not
+processor returns only ids, mask and pixels) and original InternVL folders converted to it (their adapter
+builds the layout from InternVL's own queries and tiles: `ConvertedInternVLAdapter.collate_shared`), greedy decoding by `launcher.fast_decode` on one device (so not
 split models: they use `generate`). Elsewhere the run uses the unshared path and `run.json` says why.
 """
 from __future__ import annotations
@@ -81,9 +82,11 @@ SUPPORTED_MODEL_TYPES = ("internvl",)
 def unsupported_reason(adapter: Any, settings: "GenerationSettings") -> str | None:
     """Why this run cannot share image prefixes (the unshared path is used), or None when it can."""
     from launcher.adapters import NativeImageTextAdapter
+    from launcher.converted_adapter import ConvertedInternVLAdapter
 
-    if not isinstance(adapter, NativeImageTextAdapter):
-        return f"adapter {adapter.name!r}: only the transformers-native image-text adapter shares prefixes"
+    if not isinstance(adapter, (NativeImageTextAdapter, ConvertedInternVLAdapter)):
+        return (f"adapter {adapter.name!r}: only the transformers-native image-text adapter and original InternVL "
+                "folders converted to it share prefixes")
     family = family_capability(adapter.model_type)
     if not family.startswith(CAPABLE):
         return f"model type {adapter.model_type!r}: {family}"
@@ -211,7 +214,8 @@ def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return length
 
 
-def _left_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as left-padded ids and attention mask (the processors' padding side for generation)."""
     width = max(len(row) for row in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -227,9 +231,10 @@ def collate_shared(adapter: Any, items: Sequence["Item"], prompts: Sequence[str]
     """The shared layout of one chunk (module docstring, 2), or None where the plain collate should serve:
     an item without images, no image shared by two items (unless `without_repeats`: another chunk of the
     batch has one, and chunks of one batch join only in one layout), or processor outputs the layout cannot
-    carry."""
-    from launcher.adapters import ModelInputs
-
+    carry. An adapter with its own prompts and tiles (`ConvertedInternVLAdapter`) builds the layout itself."""
+    own_layout = getattr(adapter, "collate_shared", None)
+    if own_layout is not None:
+        return own_layout(items, prompts, images, without_repeats=without_repeats)
     if not items or any(not item_images for item_images in images):
         return None
     texts = [adapter.text(prompt, len(item_images)) for prompt, item_images in zip(prompts, images)]
@@ -249,9 +254,8 @@ def collate_shared(adapter: Any, items: Sequence["Item"], prompts: Sequence[str]
     tokenizer = adapter.tokenizer
     deferred = adapter.pixel_normalization is not None
     model_inputs = getattr(adapter, "model_input_names", None)
-    rows: list[list[int] | None] = [None] * len(items)
-    prefix_rows, pixel_parts, pixel_rows, group_ids = [], [], [], []
-    member_groups = [0] * len(items)
+    rows: list[list[int]] = [[] for _ in items]
+    groups: list[tuple[list[int], torch.Tensor, int]] = []
 
     def encode(position: int) -> dict[str, torch.Tensor]:
         # As the adapter's collate: EXIF orientation applied and RGB (what apply_chat_template does), one list
@@ -283,28 +287,45 @@ def collate_shared(adapter: Any, items: Sequence["Item"], prompts: Sequence[str]
                 row = own["input_ids"][0][own["attention_mask"][0].bool()].tolist()
             rows[position] = row
             group_rows.append(row)
-        if len(members) > 1:
-            prefix_length = _common_prefix_length(group_rows)
-        else:
-            prefix_length = boundary if composable else len(leader_ids) - 1
-        # Every member keeps at least one token of its own: its last position gives the first new token.
-        prefix_length = max(1, min(prefix_length, min(len(row) for row in group_rows) - 1))
-        group_id = _group_id(items[leader].id)
-        prefix_rows.append(leader_ids[:prefix_length])
-        pixel_parts.append(tensors[PIXELS])
-        pixel_rows.append(int(tensors[PIXELS].shape[0]))
+        single = boundary if composable else len(leader_ids) - 1
+        groups.append((members, tensors[PIXELS], group_prefix_length(group_rows, single)))
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    return shared_inputs(items, rows, groups, pad, adapter.pixel_normalization)
+
+
+def group_prefix_length(group_rows: Sequence[Sequence[int]], single: int) -> int:
+    """How many leading tokens a group's members share: their longest common prefix, `single` for a group of
+    one; every member keeps at least one token of its own (its last position gives the first new token)."""
+    length = _common_prefix_length(group_rows) if len(group_rows) > 1 else single
+    return max(1, min(length, min(len(row) for row in group_rows) - 1))
+
+
+def shared_inputs(items: Sequence["Item"], rows: Sequence[Sequence[int]],
+                  groups: Sequence[tuple[Sequence[int], torch.Tensor, int]], pad: int,
+                  pixel_normalization: Any) -> "ModelInputs":
+    """The shared layout of a batch from each item's full token ids (`rows`) and its groups: (member positions,
+    the group's pixel rows, its prefix length), the first member leading."""
+    from launcher.adapters import ModelInputs
+
+    suffixes: list[list[int]] = [list(row) for row in rows]
+    member_groups = [0] * len(items)
+    prefix_rows, pixel_rows, group_ids = [], [], []
+    for members, pixels, prefix_length in groups:
+        group_id = _group_id(items[members[0]].id)
+        prefix_rows.append(list(rows[members[0]][:prefix_length]))
+        pixel_rows.append(int(pixels.shape[0]))
         group_ids.append(group_id)
         for position in members:
             member_groups[position] = group_id
-            rows[position] = rows[position][prefix_length:]
-    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    prefix_ids, prefix_mask = _left_padded(prefix_rows, pad)
-    suffix_ids, suffix_mask = _left_padded(rows, pad)
+            suffixes[position] = suffixes[position][prefix_length:]
+    prefix_ids, prefix_mask = left_padded(prefix_rows, pad)
+    suffix_ids, suffix_mask = left_padded(suffixes, pad)
     tensors = {PREFIX_IDS: prefix_ids, PREFIX_MASK: prefix_mask, SUFFIX_IDS: suffix_ids, SUFFIX_MASK: suffix_mask,
-               PIXELS: torch.cat(pixel_parts), PREFIX_PIXEL_ROWS: torch.tensor(pixel_rows, dtype=torch.long),
+               PIXELS: torch.cat([pixels for _, pixels, _ in groups]),
+               PREFIX_PIXEL_ROWS: torch.tensor(pixel_rows, dtype=torch.long),
                PREFIX_GROUP: torch.tensor(group_ids, dtype=torch.long),
                MEMBER_GROUP: torch.tensor(member_groups, dtype=torch.long)}
-    return ModelInputs(tensors, len(items), pixel_normalization=adapter.pixel_normalization,
+    return ModelInputs(tensors, len(items), pixel_normalization=pixel_normalization,
                        pad_values={PREFIX_IDS: pad, PREFIX_MASK: 0, SUFFIX_IDS: pad, SUFFIX_MASK: 0})
 
 

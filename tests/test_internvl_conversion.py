@@ -226,3 +226,76 @@ def test_collate_gives_the_ids_of_internvls_full_query(originals, kind):
         mask = batch.tensors["attention_mask"][index].bool()
         assert batch.tensors["input_ids"][index][mask].tolist() == expected
         assert not mask[:mask.numel() - len(expected)].any()       # padded on the left
+
+
+# ----------------------------------------------------------------------------------------------
+# Prefix sharing on the converted model: questions about one image share its tiles and prefill
+
+SHARED_IMAGES = [0, 1, 0, 2, 1, 0]      # the image of each question: groups of 3, 2 and 1
+
+
+def _shared_batch_args():
+    from eval_scripts.base import Item
+
+    prompts = [PROMPTS[position % len(PROMPTS)] for position in range(len(SHARED_IMAGES))]
+    items = [Item(id=str(position), question=prompt, images=(f"image-{image}",))
+             for position, (prompt, image) in enumerate(zip(prompts, SHARED_IMAGES))]
+    images = [[noise_image(*SIZES[image], seed=image)] for image in SHARED_IMAGES]
+    return items, prompts, images
+
+
+@pytest.mark.parametrize("kind", ["internlm2_6b", "qwen2_300m"])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_a_shared_batch_of_the_converted_model_predicts_the_plain_batchs_tokens(originals, kind, dynamic):
+    from launcher import prefix_sharing
+    from launcher.generation import GenerationSettings
+
+    adapter = _adapter(originals[kind], dynamic)
+    assert prefix_sharing.unsupported_reason(adapter, GenerationSettings()) is None
+    items, prompts, images = _shared_batch_args()
+    plain = adapter.collate(items, prompts, images)
+    shared = adapter.collate_shared(items, prompts, images)
+    assert prefix_sharing.is_shared(shared.tensors)
+    assert shared.tensors[prefix_sharing.PREFIX_IDS].shape[0] == 3          # one prefix per image
+    assert shared.tensors["pixel_values"].shape[0] < plain.tensors["pixel_values"].shape[0]
+    unshared = prefix_sharing.unshared_tensors(shared.tensors, adapter.tokenizer.pad_token_id)
+    assert set(unshared) == set(plain.tensors)
+    for name, tensor in plain.tensors.items():
+        assert torch.equal(unshared[name], tensor), name
+
+    settings = GenerationSettings(max_new_tokens=6)
+    with torch.inference_mode():
+        expected = adapter._new_tokens(plain.to(torch.device("cpu"), torch.float32), settings)
+        ours = adapter._new_tokens(shared.to(torch.device("cpu"), torch.float32), settings)
+    assert torch.equal(ours, expected), (ours.tolist(), expected.tolist())
+    assert len({tuple(row) for row in expected.tolist()}) > 2               # the rows differ: a real comparison
+    # No image asked about twice: the plain collate serves.
+    assert adapter.collate_shared(items[:2], prompts[:2], images[:2]) is None
+
+
+@pytest.mark.slow
+def test_launch_shares_prefixes_of_an_original_folder_and_predicts_what_the_unshared_run_does(originals, tmp_path):
+    from eval_scripts.synthetic import make_item
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for position, image in enumerate([0, 1, 0, 2, 1, 0, 2, 0]):
+        if not (tmp_path / "images" / f"{image}.png").exists():
+            picture = make_item(99, "test", image).image
+            (picture.resize((150, 60)) if image == 1 else picture).save(tmp_path / "images" / f"{image}.png")
+        item = make_item(99, "test", 50 + position)
+        rows.append({"question_id": position, "image": f"images/{image}.png", "question": item.question,
+                     "answer": item.answer, "question_type": item.question_type})
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = ["--checkpoint", originals["qwen2_300m"], "--task", "synthetic_shapes", "--data-root", tmp_path,
+              "--data", data, "--dynamic", "--max-num", "2", "--max-new-tokens", "4"]
+    alone = launch(common + ["--out-dir", tmp_path / "alone", "--no-prefix-sharing", "--num-workers", "0"])
+    assert alone.returncode == 0, explain(alone)
+    shared = launch(common + ["--out-dir", tmp_path / "shared", "--num-workers", "2"])
+    assert shared.returncode == 0, explain(shared)
+    assert predictions(tmp_path / "shared", "synthetic_shapes") == predictions(tmp_path / "alone", "synthetic_shapes")
+    run = manifest(tmp_path / "shared")
+    assert run["prefix_sharing"] == {"enabled": True, "reason": None}
+    counts = run["tasks"]["synthetic_shapes"]["per_rank"][0]["prefix_sharing"]
+    assert 0 < counts["prefixes"] < counts["items"] == 8
