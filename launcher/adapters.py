@@ -766,7 +766,25 @@ def internvl_question(prompt: str, num_images: int) -> str:
     return "".join(f"Image-{i}: {IMAGE_PLACEHOLDER}\n" for i in range(1, num_images + 1)) + prompt
 
 
-class InternVLChatAdapter(Adapter):
+class InternVLTileCosts:
+    """Tile counts and costs of InternVL's own tiling (`launcher.tiling`), for the adapters that tile as InternVL
+    does: they hold `dynamic`, `max_num`, `image_size`, `use_thumbnail` and `num_image_token`."""
+
+    def tile_count(self, width: int, height: int) -> int:
+        """Tiles InternVL's tiling makes for an image of this size, without the image (`tiling.choose_grid`)."""
+        from launcher.tiling import choose_grid
+
+        if not self.dynamic:
+            return 1
+        cols, rows = choose_grid(width, height, 1, self.max_num, self.image_size)
+        return cols * rows + (1 if self.use_thumbnail and cols * rows > 1 else 0)
+
+    def estimate_cost(self, item: Item, prompt: str, image_sizes: Sequence[tuple[int, int]]) -> float:
+        image_tokens = sum(self.num_image_token * self.tile_count(w, h) + 2 for w, h in image_sizes)
+        return float(self._prompt_tokens(prompt) + image_tokens)
+
+
+class InternVLChatAdapter(InternVLTileCosts, Adapter):
     """Remote-code InternVLChatModel: our tiling, InternVL's query, the model's `generate`."""
 
     name = "internvl_chat"
@@ -854,19 +872,6 @@ class InternVLChatAdapter(Adapter):
                                      **settings.generate_kwargs())
         texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
         return [text.split(self.stop_text)[0].strip() for text in texts]
-
-    def tile_count(self, width: int, height: int) -> int:
-        """Tiles `tiles()` makes for an image of this size, without the image (`tiling.choose_grid`)."""
-        from launcher.tiling import choose_grid
-
-        if not self.dynamic:
-            return 1
-        cols, rows = choose_grid(width, height, 1, self.max_num, self.image_size)
-        return cols * rows + (1 if self.use_thumbnail and cols * rows > 1 else 0)
-
-    def estimate_cost(self, item: Item, prompt: str, image_sizes: Sequence[tuple[int, int]]) -> float:
-        image_tokens = sum(self.num_image_token * self.tile_count(w, h) + 2 for w, h in image_sizes)
-        return float(self._prompt_tokens(prompt) + image_tokens)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "processor": "launcher.tiling (InternVL dynamic_preprocess)",

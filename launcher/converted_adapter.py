@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from eval_scripts.base import Item
-from launcher.adapters import Adapter, ModelInputs, _first_device, _pixel_transfer, _token_pad_values
+from launcher.adapters import Adapter, InternVLTileCosts, ModelInputs, _first_device, _pixel_transfer, _token_pad_values
 from launcher.generation import GenerationSettings
 from launcher.internvl_conversion import OriginalInternVL
 from launcher.internvl_templates import IMG_CONTEXT_TOKEN, build_query, get_template, system_message_for
@@ -33,7 +33,7 @@ from launcher.prefix_sharing import left_padded
 from launcher.tiling import IMAGENET_NORMALIZATION
 
 
-class ConvertedInternVLAdapter(Adapter):
+class ConvertedInternVLAdapter(InternVLTileCosts, Adapter):
     """Native InternVL converted from an original folder: InternVL's prompts, tiles and stop token."""
 
     name = "internvl_converted"
@@ -150,18 +150,6 @@ class ConvertedInternVLAdapter(Adapter):
         self._seed(settings)
         texts = self.tokenizer.batch_decode(self._new_tokens(inputs, settings), skip_special_tokens=True)
         return [text.split(self.stop_text)[0].strip() if self.stop_text else text.strip() for text in texts]
-
-    def tile_count(self, width: int, height: int) -> int:
-        from launcher.tiling import choose_grid
-
-        if not self.dynamic:
-            return 1
-        cols, rows = choose_grid(width, height, 1, self.max_num, self.image_size)
-        return cols * rows + (1 if self.use_thumbnail and cols * rows > 1 else 0)
-
-    def estimate_cost(self, item: Item, prompt: str, image_sizes: Sequence[tuple[int, int]]) -> float:
-        image_tokens = sum(self.num_image_token * self.tile_count(w, h) + 2 for w, h in image_sizes)
-        return float(self._prompt_tokens(prompt) + image_tokens)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "processor": "launcher.tiling (InternVL dynamic_preprocess)",
