@@ -220,8 +220,12 @@ def quantize_linears(model: nn.Module, quantization_config: Any, skip: tuple[str
 
 def build_random_internvl(shape: str, device: Any = "cpu", dtype: torch.dtype = torch.bfloat16, *,
                           device_map: Mapping[str, Any] | None = None, quantization_config: Any = None,
-                          seed: int = 0, attn_implementation: str = "sdpa", std: float = 0.02) -> tuple[Any, Any]:
+                          seed: int = 0, attn_implementation: str = "sdpa", std: float = 0.02,
+                          main_device: Any = None) -> tuple[Any, Any]:
     """`(model, processor)` for `shape` on `device` (or spread by `device_map`); see the module docstring.
+
+    `main_device="cpu"` with a map over a GPU and the CPU runs the CPU's modules on the CPU (accelerate's
+    default would keep their weights there and run them on the GPU).
 
     `model.bench_info` holds the build time, the parameter count and bytes per device.
     """
@@ -249,7 +253,7 @@ def build_random_internvl(shape: str, device: Any = "cpu", dtype: torch.dtype = 
     if len(devices) > 1:
         from accelerate import dispatch_model
 
-        model = dispatch_model(model, device_map=dict(device_map))
+        model = dispatch_model(model, device_map=dict(device_map), main_device=main_device)
         model.hf_device_map = dict(device_map)
     model.eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -78,7 +78,8 @@ def plan_task(adapter, synthetic: SyntheticSet, prompts: list[str], settings: Ge
 
 
 def run_ours(model, processor, synthetic: SyntheticSet, dtype: torch.dtype, settings: GenerationSettings, *,
-             batch_size: int | None, sharing: bool, num_workers: int, free_bytes: int | None) -> dict[str, Any]:
+             batch_size: int | None, sharing: bool, num_workers: int, free_bytes: int | None,
+             join_ahead: bool = True) -> dict[str, Any]:
     """One task through the product's path (module docstring); timings from the start of planning."""
     from launcher import prefix_sharing
     from launcher.journal import Journal, read_journal
@@ -101,7 +102,7 @@ def run_ours(model, processor, synthetic: SyntheticSet, dtype: torch.dtype, sett
                              adapter=adapter, settings=settings, journal=journal, on_bad_item="error",
                              num_workers=num_workers, pin_memory=device.type == "cuda", queue_key=None, store=None,
                              stop=StopFlag(), on_batch_done=lambda *_: None, set_phase=lambda *_: None,
-                             groups=groups)
+                             groups=groups, join_ahead=join_ahead)
         sync_device()
         finished = time.perf_counter()
         journal.close()
@@ -116,7 +117,8 @@ def run_ours(model, processor, synthetic: SyntheticSet, dtype: torch.dtype, sett
            "plan_s": round(planned - started, 3), "wait_before_first_batch_s": round(first_start - started, 3),
            "gpu_idle_share_after_first_batch": round(max(0.0, after_first - busy) / after_first, 4)
            if after_first > 0 else None,
-           "joining_chunks_s": round(result.join_seconds, 3), "oom_splits": result.oom_splits,
+           "busy_s": round(busy, 3), "joining_chunks_s": round(result.join_seconds, 3),
+           "join_ahead": join_ahead, "oom_splits": result.oom_splits,
            "prefix_sharing": reason is None, "shared": dict(adapter.sharing_counts),
            "batch_choice": choice.to_json(), "predictions": {r["id"]: r["prediction"] for r in rows}}
     if device.type == "cuda":
@@ -222,6 +224,17 @@ def _rows(args: argparse.Namespace, report: dict[str, Any], model, processor, bu
         return False
 
     common = {"num_workers": args.num_workers, "free_bytes": free}
+    if args.compare_join_ahead:
+        # Default flags with the next batch joined in a thread and without, alternating, same process.
+        for name, synthetic in built.items():
+            for repeat in range(args.compare_join_ahead):
+                for ahead in (True, False):
+                    if have_time(f"{name} join ahead {ahead}", args.min_row_s):
+                        add(name, f"ours, default flags, {'next batch joined in a thread' if ahead else 'joined after'}"
+                            f" (repeat {repeat + 1})", run_ours(model, processor, synthetic, dtype, settings,
+                                                                  batch_size=None, sharing=True, join_ahead=ahead,
+                                                                  **common))
+        return
     for name in ("pope", "docvqa"):
         if name not in built:
             continue
@@ -305,6 +318,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip rows that would start past this")
     parser.add_argument("--min-row-s", type=float, default=None, help="a row starts only with this much left")
     parser.add_argument("--static-min-s", type=float, default=None, help="the same for the static-cache row")
+    parser.add_argument("--compare-join-ahead", type=int, default=0, metavar="REPEATS",
+                        help="only default-flag rows, next batch joined in a thread vs after, REPEATS times each")
     parser.add_argument("--summarize", nargs="*", default=None, metavar="JSON",
                         help="print the targets table of earlier reports and exit")
     parser.add_argument("--out", default=None, help="JSON file")
@@ -334,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     for row in report["rows"]:
         row.pop("predictions", None)
-    print_table(report["rows"], ("set", "mode", "items", "seconds", "items_per_s", "batch_size", "batches",
+    print_table(report["rows"], ("set", "mode", "items", "seconds", "items_per_s", "batch_size", "batches", "busy_s",
                                  "wait_before_first_batch_s", "gpu_idle_share_after_first_batch", "peak_memory_gib"))
     print_table(summary_rows([report]), ("ratio", "shape", "value", "target", "met"))
     write_report(args.out, report)

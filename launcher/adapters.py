@@ -129,6 +129,11 @@ class ModelInputs:
                 raise ValueError(f"parts hold {name} with different ranks or dtypes: they cannot be joined")
             rows = sum(piece.shape[0] for piece in pieces)
             trailing = [max(piece.shape[dim] for piece in pieces) for dim in range(1, tensor.dim())]
+            if all(list(piece.shape[1:]) == trailing for piece in pieces):
+                # Nothing to pad (pixel rows of one size, ids of equal length): one copy, no fill pass first.
+                joined = torch.empty((rows, *trailing), dtype=tensor.dtype, pin_memory=pin_memory)
+                tensors[name] = torch.cat(pieces, dim=0, out=joined)
+                continue
             fill = first.pad_values.get(name, 0)
             joined = torch.full((rows, *trailing), fill, dtype=tensor.dtype, pin_memory=pin_memory)
             row = 0
@@ -282,8 +287,9 @@ class Adapter:
                 # retries the batch in halves.
                 self._decoder.release()
                 raise
-        if shared:   # generate takes the plain batch
-            inputs = prefix_sharing.unshared_tensors(inputs, self.tokenizer.pad_token_id or 0)
+        if shared:   # generate continues from the prefixes prefilled once (split models, --decode generate)
+            return prefix_sharing.SharedPrompt(inputs).generate(self.model, settings.generate_kwargs(),
+                                                               self.tokenizer.pad_token_id)
         output = self.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=self.tokenizer.pad_token_id)
         return output[:, inputs["input_ids"].shape[1]:]
 

@@ -542,7 +542,9 @@ class GreedyDecoder:
             torch.cuda.current_stream(self.device).wait_stream(side_stream)
             self._arm(shape)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # "thread_local": the thread joining the next batch (runner.JoinedBatches) may allocate pinned
+            # memory meanwhile, which the default "global" mode would count as an error of this capture.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._step(shape)
         except Exception as error:
             raise FastDecodeError(f"CUDA graph capture of the decode step failed for batch {shape.batch_size}, "

@@ -22,7 +22,11 @@ shares an image prefix with others in its batch reuse one computation of it:
    tower, projector, language model) over the G group prefixes into a `DynamicCache`; each layer's K/V rows
    are then copied to the B members' rows of the decoder's `StaticCache` (columns `[0, P)`); then the
    language model alone over the members' suffixes (columns `[P, P + S)`), whose last position gives the
-   first new token; then the CUDA-graph decode as for any batch.
+   first new token; then the CUDA-graph decode as for any batch. Where the fast decoder does not run (a
+   model split over several GPUs, `--decode generate`, bitsandbytes weights), `SharedPrompt.generate` does
+   the same first two steps into a `DynamicCache` of the members' rows and hands it to transformers'
+   `generate` with the members' whole rows and mask: `generate` runs only what the cache lacks (the
+   suffixes), at the positions its mask gives (the running count of real tokens), then decodes as usual.
 
 Layout of a member's cache row (P = longest prefix, S = longest suffix of the batch)::
 
@@ -43,8 +47,9 @@ for `generate` and for joining with plain chunks.
 
 Where it applies (`unsupported_reason`): the transformers-native adapter over InternVL (1D positions; the
 processor returns only ids, mask and pixels) and original InternVL folders converted to it (their adapter
-builds the layout from InternVL's own queries and tiles: `ConvertedInternVLAdapter.collate_shared`), greedy decoding by `launcher.fast_decode` on one device (so not
-split models: they use `generate`). Elsewhere the run uses the unshared path and `run.json` says why.
+builds the layout from InternVL's own queries and tiles: `ConvertedInternVLAdapter.collate_shared`), with
+greedy decoding (no sampling, beams or `--static-cache`), on one GPU or split over several. Elsewhere the run
+uses the unshared path and `run.json` says why.
 """
 from __future__ import annotations
 
@@ -90,12 +95,10 @@ def unsupported_reason(adapter: Any, settings: "GenerationSettings") -> str | No
     family = family_capability(adapter.model_type)
     if not family.startswith(CAPABLE):
         return f"model type {adapter.model_type!r}: {family}"
-    if not settings.fast_greedy:
-        return ("it needs greedy decoding by launcher.fast_decode (not --decode generate, --static-cache, "
-                "sampling or beams)")
-    reason = adapter.fast_decode_unsupported()
-    if reason is not None:
-        return f"it needs launcher.fast_decode, which cannot run here: {reason}"
+    if settings.do_sample or settings.num_beams != 1:
+        return "it needs greedy decoding (not sampling or beams)"
+    if settings.static_cache:
+        return "--static-cache: transformers' compiled static cache is not filled from a shared prefix"
     return None
 
 
@@ -105,8 +108,8 @@ CAPABLE = "launcher.prefix_sharing"
 def family_capability(model_type: str) -> str:
     """The `prefix_sharing` entry of a family's capability record (`adapters.FamilyCapabilities`)."""
     if model_type in SUPPORTED_MODEL_TYPES:
-        return (f"{CAPABLE} (greedy runs on one GPU per replica: each image's vision and prefill once per "
-                "batch, its KV rows copied to the questions)")
+        return (f"{CAPABLE} (greedy runs, one GPU or split: each image's vision and prefill once per batch, its "
+                "KV rows copied to the questions)")
     return (f"off (proven equal to the unshared path for {', '.join(SUPPORTED_MODEL_TYPES)} only; M-RoPE "
             "positions and per-image processor outputs are not carried)")
 
@@ -421,22 +424,57 @@ class SharedPrompt:
         return torch.cat([self.prefix_mask[self.groups], self.suffix_mask], dim=1)
 
     @torch.inference_mode()
-    def prefill(self, decoder: Any, cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fill `cache` (the decoder's `StaticCache`, reset) with every member's prompt; return the first new
-        tokens `[B]` and the next position ids `[B, 1]` (what `GreedyDecoder._prefill` returns)."""
+    def prefill_prefixes(self, model: Any) -> Any:
+        """The full model (vision tower, projector, language model) over the G group prefixes, once per group:
+        a `DynamicCache` of G rows and P columns (on each layer's own device when the model is split)."""
         from transformers import DynamicCache
 
-        from launcher.fast_decode import _cache_keyword, _mask_values, prompt_position_ids
+        from launcher.fast_decode import _cache_keyword, prompt_position_ids
 
-        model, language_model, head = decoder.model, decoder.decoder, decoder.lm_head
-        device = head.weight.device
-        prefix_ids, prefix_mask = self.tensors[PREFIX_IDS], self.prefix_mask
-        # 1. vision + projector + language model over the group prefixes, once per group.
+        prefix_mask = self.prefix_mask
         prefix_cache = DynamicCache(config=model.config)
-        model(input_ids=prefix_ids, pixel_values=self.tensors[PIXELS],
+        model(input_ids=self.tensors[PREFIX_IDS], pixel_values=self.tensors[PIXELS],
               attention_mask=None if bool((prefix_mask == 1).all()) else prefix_mask,
               position_ids=prompt_position_ids(prefix_mask), use_cache=True, logits_to_keep=1, return_dict=True,
               **{_cache_keyword(model): prefix_cache})
+        return prefix_cache
+
+    def member_rows(self, prefix_cache: Any, config: Any) -> Any:
+        """`prefix_cache`'s rows copied to the members (`[B, heads, P, dim]` per layer): a `DynamicCache` from
+        which `generate` continues with each member's suffix."""
+        from transformers import DynamicCache
+
+        members = DynamicCache(config=config)
+        for index, source in enumerate(prefix_cache.layers):
+            rows = self.groups.to(source.keys.device)
+            members.update(source.keys.index_select(0, rows), source.values.index_select(0, rows), index)
+        return members
+
+    @torch.inference_mode()
+    def generate(self, model: Any, generate_kwargs: Mapping[str, Any], pad_token_id: int) -> torch.Tensor:
+        """The new tokens `[B, n]` of transformers' `generate` (greedy), each group's prefix prefilled once: the
+        decode path of split models and of `--decode generate`. `generate` is given the members' whole rows (the
+        layout above: group prefix, then own suffix) and their mask with the prefix columns already in the cache,
+        so it runs only the suffixes, with the unshared row's positions (the mask's running count) and mask."""
+        from launcher.fast_decode import _cache_keyword
+
+        members = self.member_rows(self.prefill_prefixes(model), model.config)
+        ids = torch.cat([self.tensors[PREFIX_IDS][self.groups], self.tensors[SUFFIX_IDS]], dim=1)
+        output = model.generate(input_ids=ids, attention_mask=self.attention_mask, pad_token_id=pad_token_id,
+                                **{_cache_keyword(model): members}, **generate_kwargs)
+        return output[:, ids.shape[1]:]
+
+    @torch.inference_mode()
+    def prefill(self, decoder: Any, cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill `cache` (the decoder's `StaticCache`, reset) with every member's prompt; return the first new
+        tokens `[B]` and the next position ids `[B, 1]` (what `GreedyDecoder._prefill` returns)."""
+        from launcher.fast_decode import _cache_keyword, _mask_values
+
+        language_model, head = decoder.decoder, decoder.lm_head
+        device = head.weight.device
+        prefix_mask = self.prefix_mask
+        # 1. vision + projector + language model over the group prefixes, once per group.
+        prefix_cache = self.prefill_prefixes(decoder.model)
         # 2. each layer's K/V rows to the members' rows, cache columns [0, P).
         for layer, source in zip(cache.layers, prefix_cache.layers):
             rows = self.groups.to(source.keys.device)

@@ -7,10 +7,11 @@ time of B / workers items instead of B (measured on an H100 host: 17.7 ms an ite
 of 256 took 4.5 s in one worker while the GPU idled). The join gives exactly the tensors one collate of
 the whole batch gives.
 
-Batch numbers come from this process's main thread (the sampler): its own batches under the static
-schedule, the store's atomic counter under the dynamic one. The DataLoader asks for the next chunk only
-as it hands one out, so a process holds about one batch beyond the one it is generating: at the end of a
-dynamic run no process sits on claimed batches that an idle one could run.
+Batch numbers come from the sampler: this process's own batches under the static schedule, the store's
+atomic counter under the dynamic one. The DataLoader asks for the next chunk only as it hands one out, and
+the batch after the one being generated is received and joined in a thread meanwhile (`JoinedBatches`), so
+a process holds about two batches beyond the one it is generating (one joined, one being prepared): at the
+end of a dynamic run no process sits on more claimed batches than that.
 
 The workers ignore SIGTERM / SIGUSR1 (Slurm signals every process of a step; the rank decides when to
 stop), so they are ended explicitly on every way out of the loop (`shut_down_workers`), and the kernel
@@ -24,6 +25,7 @@ import ctypes
 import functools
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
@@ -148,22 +150,37 @@ class _Chunks(Dataset):
             return chunk, error
 
 
-def join_chunks(parts: Sequence[PreparedBatch], pin_memory: bool, prepare: Preprocessor) -> PreparedBatch:
-    """One batch from its chunks, in order: the tensors one collate of all its items would give.
-    Chunks that cannot be joined (some with images, some without) are collated again as one piece."""
+def join_parts(parts: Sequence[PreparedBatch], pin_memory: bool, pad_token_id: int | None) -> PreparedBatch | None:
+    """One batch from its chunks, in order: the tensors one collate of all its items would give; None when
+    the chunks cannot be joined (some with images, some without: `collate_whole` then). No tokenizer call, so
+    it may run in a thread beside the main thread's generation (`JoinedBatches`)."""
     from launcher.prefix_sharing import mixed_parts_as_plain
 
-    inputs = [part.inputs for part in parts if part.inputs is not None]
-    tokenizer = getattr(getattr(prepare, "adapter", None), "tokenizer", None)
-    inputs = mixed_parts_as_plain(inputs, getattr(tokenizer, "pad_token_id", None))
-    indices = [i for part in parts for i in part.indices]
-    skipped = {i: reason for part in parts for i, reason in part.skipped.items()}
+    inputs = mixed_parts_as_plain([part.inputs for part in parts if part.inputs is not None], pad_token_id)
     try:
         joined = ModelInputs.join(inputs, pin_memory=pin_memory) if inputs else None
     except ValueError:
-        whole = prepare(parts[0].number, indices)
-        joined = whole.inputs.pin_memory() if pin_memory else whole.inputs
-    return PreparedBatch(parts[0].number, indices, joined, skipped)
+        return None
+    return PreparedBatch(parts[0].number, [i for part in parts for i in part.indices], joined,
+                         {i: reason for part in parts for i, reason in part.skipped.items()})
+
+
+def collate_whole(parts: Sequence[PreparedBatch], pin_memory: bool, prepare: Preprocessor) -> PreparedBatch:
+    """The batch of chunks that cannot be joined, collated again as one piece (in this process)."""
+    whole = prepare(parts[0].number, [i for part in parts for i in part.indices])
+    inputs = whole.inputs.pin_memory() if pin_memory and whole.inputs is not None else whole.inputs
+    return PreparedBatch(parts[0].number, whole.indices, inputs,
+                         {**{i: reason for part in parts for i, reason in part.skipped.items()}, **whole.skipped})
+
+
+def join_chunks(parts: Sequence[PreparedBatch], pin_memory: bool, prepare: Preprocessor) -> PreparedBatch:
+    """`join_parts`, or `collate_whole` where the chunks cannot be joined."""
+    joined = join_parts(parts, pin_memory, _pad_token_id(prepare))
+    return joined if joined is not None else collate_whole(parts, pin_memory, prepare)
+
+
+def _pad_token_id(prepare: Preprocessor) -> int | None:
+    return getattr(getattr(getattr(prepare, "adapter", None), "tokenizer", None), "pad_token_id", None)
 
 
 MAX_AUTO_WORKERS = 8
@@ -234,17 +251,18 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
                 pin_memory: bool, queue_key: str | None, store, stop: StopFlag,
                 on_batch_done: Callable[[int, list[str]], None],
                 set_phase: Callable[[str, Sequence[str]], None],
-                groups: Mapping[int, Hashable] | None = None) -> LoopResult:
+                groups: Mapping[int, Hashable] | None = None, join_ahead: bool = True) -> LoopResult:
     """Run this process's share of `batches` (all of them, claimed dynamically when `queue_key` is set).
-    `groups`: the image groups the batches keep together (prefix sharing), so chunks do too."""
+    `groups`: the image groups the batches keep together (prefix sharing), so chunks do too. `join_ahead`
+    False receives and joins every batch in this thread, after the one before it (a bench's comparison)."""
     prepare = Preprocessor(items, prompts, adapter, on_bad_item)
     workers = num_workers if batches else 0
-    queue = WorkQueue(store, queue_key, len(batches)) if queue_key is not None else None
+    work_queue = WorkQueue(store, queue_key, len(batches)) if queue_key is not None else None
     # Without workers a batch is prepared in one piece (one "worker"): chunks would only add joins. So it is
     # for a model family whose chunks cannot be joined (the adapter's capability record says so).
     joins = getattr(getattr(adapter, "capabilities", None), "joins_chunks", True)
-    loader = DataLoader(_Chunks(prepare), sampler=_ChunkKeys(batches, max(1, workers) if joins else 1, queue, groups),
-                        batch_size=None,
+    sampler = _ChunkKeys(batches, max(1, workers) if joins else 1, work_queue, groups)
+    loader = DataLoader(_Chunks(prepare), sampler=sampler, batch_size=None,
                         num_workers=workers, pin_memory=False, prefetch_factor=1 if workers else None,
                         persistent_workers=False,
                         worker_init_fn=functools.partial(_prepare_worker, os.getpid()) if workers else None)
@@ -255,19 +273,10 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
     # default-action SIGTERM handler in each worker before worker_init_fn runs).
     with _stop_signals_blocked():
         chunks_in_order = iter(loader)
+    ahead = JoinedBatches(chunks_in_order, lambda parts: join_parts(parts, pin_memory, _pad_token_id(prepare)),
+                          lambda parts: collate_whole(parts, pin_memory, prepare), stop, ahead=join_ahead and workers > 0)
     try:
-        parts: list[PreparedBatch] = []
-        for chunk, part in chunks_in_order:
-            if isinstance(part, UserError):
-                raise part
-            parts.append(part)
-            if chunk.part + 1 < chunk.parts:
-                continue
-            joining = time.perf_counter()
-            prepared, parts = join_chunks(parts, pin_memory, prepare), []
-            result.join_seconds += time.perf_counter() - joining
-            if stop.is_set():
-                raise PreemptedError(f"stopped by {stop.signal_name}")
+        for prepared in ahead:
             ids = [items[i].id for i in prepared.indices]
             batch_started = time.perf_counter()
             set_phase("generate", ids)
@@ -289,9 +298,124 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
         # Every way out (done, a user error, an exception in generate, a stop signal, Ctrl-C): the workers
         # go now. Left to Python's exit handler they would be sent SIGTERM, which they ignore, and joined
         # forever.
+        ahead.cancel()
         shut_down_workers(chunks_in_order)
+        result.join_seconds = ahead.join_seconds
     result.seconds = time.perf_counter() - started
     return result
+
+
+class JoinedBatches:
+    """The batches of `chunks` (the DataLoader's output: (Chunk, PreparedBatch | UserError) in order), each
+    joined by `join` (`join_parts`; where it gives None, `collate` collates the chunks again as one piece).
+
+    With preprocessing workers (`ahead=True`) the chunks are received and joined one batch ahead, in a
+    thread: while the GPU generates batch N, this thread receives the chunks of batch N+1 and joins them
+    into pinned memory (0.05-0.14 s a batch of 256 one-tile items on an H200 host: 8% of the run while it
+    waited between batches; bench/RESULTS.md). The thread calls no tokenizer (a fast tokenizer used by two
+    threads at once fails): `collate` runs in the main thread. Without workers the DataLoader would
+    preprocess in that thread with the main process's tokenizer, so batches are then received in order in
+    the main thread, as before.
+
+    Iterating (main thread) yields the batches; an exception in the thread (a worker that died, a failed
+    join) and a user error from a worker are raised in the main thread, at the batch they belong to. A stop
+    signal is acted on as a batch is ready, before it is handed out (PreemptedError). `cancel()` (every way out of the loop) makes the thread
+    drop what it holds and end; it never blocks the process (a daemon thread, never joined) while the caller
+    shuts the workers down. Under the dynamic schedule the process holds one batch more than without the
+    thread (DECISIONS: "Joining the next batch in a thread").
+    """
+
+    _END = object()
+
+    def __init__(self, chunks: Any, join: Callable[[list[PreparedBatch]], PreparedBatch | None],
+                 collate: Callable[[list[PreparedBatch]], PreparedBatch], stop: "StopFlag", *, ahead: bool,
+                 poll_seconds: float = 0.1) -> None:
+        self._chunks = chunks
+        self._join = join
+        self._collate = collate
+        self._stop = stop
+        self._ahead = ahead
+        self._poll = poll_seconds
+        self._ready: queue.Queue = queue.Queue(maxsize=1)
+        self._taken = threading.Semaphore(0)     # released as the main thread takes a batch
+        self._cancelled = threading.Event()
+        self.join_seconds = 0.0
+        # Pinned memory is allocated in the thread: on the main thread's GPU, not on GPU 0 (a context there).
+        self._device = torch.cuda.current_device() if ahead and torch.cuda.is_initialized() else None
+        self._thread = threading.Thread(target=self._receive, name="launcher-next-batch", daemon=True)
+
+    def __iter__(self):
+        values = self._from_thread() if self._ahead else self._joined()
+        for value in values:
+            if isinstance(value, list):          # chunks that cannot be joined
+                collating = time.perf_counter()
+                value = self._collate(value)
+                self.join_seconds += time.perf_counter() - collating
+            if self._stop.is_set():
+                raise PreemptedError(f"stopped by {self._stop.signal_name}")
+            yield value
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def _joined(self):
+        """(main thread or the thread) Joined batches, or a batch's chunks where `join` gives None."""
+        parts: list[PreparedBatch] = []
+        for chunk, part in self._chunks:
+            if isinstance(part, UserError):
+                raise part
+            parts.append(part)
+            if chunk.part + 1 < chunk.parts:
+                continue
+            joining = time.perf_counter()
+            joined = self._join(parts)
+            self.join_seconds += time.perf_counter() - joining
+            yield joined if joined is not None else parts
+            parts = []
+
+    def _from_thread(self):
+        self._thread.start()
+        while True:
+            try:
+                value = self._ready.get(timeout=self._poll)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._ready.empty():   # it puts a last value: never here
+                    raise RuntimeError("the thread preparing batches ended without a batch or an error") from None
+                continue
+            if value is self._END:
+                return
+            if isinstance(value, BaseException):
+                raise value
+            self._taken.release()
+            yield value
+
+    def _receive(self) -> None:
+        try:
+            if self._device is not None:
+                torch.cuda.set_device(self._device)
+            for value in self._joined():
+                # One batch ahead, no more: the chunks of the batch after it are asked for (and, under the
+                # dynamic schedule, claimed) only once the main thread has taken this one.
+                if not (self._put(value) and self._wait_until_taken()):
+                    return
+            self._put(self._END)
+        except BaseException as error:   # handed to the main thread, which raises it
+            self._put(error)
+
+    def _put(self, value: Any) -> bool:
+        while not self._cancelled.is_set():
+            try:
+                self._ready.put(value, timeout=self._poll)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _wait_until_taken(self) -> bool:
+        while not self._cancelled.is_set():
+            if self._taken.acquire(timeout=self._poll):
+                return True
+        return False
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR1}

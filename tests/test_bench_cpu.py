@@ -193,3 +193,29 @@ def test_prefix_bench_reports_sharing_speedups_batch_choices_and_waits(tmp_path)
     assert report["rows"][4]["shared"]["items"] == 0                                    # distinct: nothing shared
     assert set(report["ratios"]) == {"pope_sharing_speedup", "docvqa_sharing_speedup", "default_over_best_fixed"}
     assert report["sets"]["docvqa"]["dynamic"] and report["sets"]["pope"]["distinct_images"] == 2
+
+
+def test_prefix_bench_compares_joining_the_next_batch_in_a_thread_with_joining_it_after(tmp_path):
+    from bench import prefix
+
+    out = tmp_path / "join.json"
+    assert prefix.main(TINY + ["--sets", "pope", "--pope-items", "36", "--compare-join-ahead", "1",
+                               "--warmup-items", "0", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["join_ahead"] for row in rows] == [True, False]
+    for row in rows:
+        _sane_rate(row)
+        assert row["items"] == 36 and 0 < row["busy_s"] <= row["seconds"]
+
+
+def test_split_sharing_bench_reports_both_modes_and_their_agreement(tmp_path):
+    from bench import split_sharing
+
+    out = tmp_path / "split.json"
+    assert split_sharing.main(IN_PROCESS + ["--items", "36", "--batch-size", "12", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    shared, alone = report["rows"]
+    assert (shared["mode"], alone["mode"]) == ("prefix sharing", "--no-prefix-sharing")
+    assert shared["shared"]["items"] == 36 and shared["shared"]["prefixes"] < 36 and alone["shared"]["items"] == 0
+    assert report["agreement_shared_vs_unshared"]["exact_sequence"] == 1.0     # the tiny model's sharp logits
+    assert report["sharing_speedup"] > 0

@@ -269,6 +269,11 @@ def test_a_shared_batch_of_the_converted_model_predicts_the_plain_batchs_tokens(
         ours = adapter._new_tokens(shared.to(torch.device("cpu"), torch.float32), settings)
     assert torch.equal(ours, expected), (ours.tolist(), expected.tolist())
     assert len({tuple(row) for row in expected.tolist()}) > 2               # the rows differ: a real comparison
+    # The decode path of split models: generate continues from the shared prefixes.
+    with torch.inference_mode():
+        by_generate = adapter._new_tokens(shared.to(torch.device("cpu"), torch.float32),
+                                          GenerationSettings(max_new_tokens=6, decode="generate"))
+    assert torch.equal(by_generate, expected), (by_generate.tolist(), expected.tolist())
     # No image asked about twice: the plain collate serves.
     assert adapter.collate_shared(items[:2], prompts[:2], images[:2]) is None
 

@@ -166,37 +166,53 @@ def test_every_chunk_of_a_batch_with_a_repeated_image_is_shared_even_one_without
 # Generation: the same tokens as transformers' generate on the plain batch
 
 
-def test_shared_prefill_gives_generates_tokens_for_every_item(adapter):
-    items, prompts, images = batch_items()
+def generate_reference(adapter: NativeImageTextAdapter, items, prompts, images) -> torch.Tensor:
+    """transformers' `generate` on the processor's own (unshared) batch: the tokens sharing must give."""
     plain = collate(adapter, False, items, prompts, images)
     with torch.inference_mode():
         inputs = plain.to(torch.device("cpu"), adapter.dtype)
         output = adapter.model.generate(**inputs, max_new_tokens=GREEDY.max_new_tokens, do_sample=False,
                                         num_beams=1, pad_token_id=adapter.tokenizer.pad_token_id)
-    reference = output[:, inputs["input_ids"].shape[1]:]
+    return output[:, inputs["input_ids"].shape[1]:]
+
+
+def test_shared_prefill_gives_generates_tokens_for_every_item(adapter):
+    items, prompts, images = batch_items()
+    reference = generate_reference(adapter, items, prompts, images)
     ours = new_tokens(adapter, collate(adapter, True, items, prompts, images), GREEDY)
     assert torch.equal(ours, reference), (ours.tolist(), reference.tolist())
     assert len({tuple(row) for row in reference.tolist()}) > 3        # the rows differ: a real comparison
 
 
-def test_the_vision_tower_sees_each_distinct_image_once(adapter):
+def vision_batches(adapter: NativeImageTextAdapter, batch: ModelInputs, settings: GenerationSettings
+                   ) -> tuple[torch.Tensor, list[int]]:
+    """The new tokens, and the number of tiles the vision tower saw at each call."""
     seen = []
     hook = adapter.model.model.vision_tower.register_forward_hook(
         lambda module, args, output: seen.append(int(output[0].shape[0])))
     try:
-        items, prompts, images = batch_items()
-        shared = collate(adapter, True, items, prompts, images)
-        new_tokens(adapter, shared, GREEDY)
+        return new_tokens(adapter, batch, settings), seen
     finally:
         hook.remove()
-    assert seen == [int(shared.tensors[prefix_sharing.PREFIX_PIXEL_ROWS].sum())]
 
 
-def test_a_shared_batch_falls_back_to_generate_with_the_same_tokens(adapter):
+@pytest.mark.parametrize("decode", ["auto", "generate"])
+def test_the_vision_tower_sees_each_distinct_image_once(adapter, decode):
     items, prompts, images = batch_items()
     shared = collate(adapter, True, items, prompts, images)
+    _, seen = vision_batches(adapter, shared, GenerationSettings(max_new_tokens=6, decode=decode))
+    assert seen == [int(shared.tensors[prefix_sharing.PREFIX_PIXEL_ROWS].sum())]
+    assert seen[0] < int(collate(adapter, False, items, prompts, images).tensors["pixel_values"].shape[0])
+
+
+def test_generate_continues_from_the_shared_prefixes_with_generates_own_tokens(adapter):
+    """The decode path of split models (and of --decode generate): each group's prefix prefilled once into a
+    DynamicCache, its rows copied to the members, transformers' generate runs the suffixes and decodes."""
+    items, prompts, images = batch_items()
+    reference = generate_reference(adapter, items, prompts, images)
+    shared = collate(adapter, True, items, prompts, images)
     by_generate = new_tokens(adapter, shared, GenerationSettings(max_new_tokens=6, decode="generate"))
-    assert torch.equal(by_generate, new_tokens(adapter, shared, GREEDY))
+    assert torch.equal(by_generate, reference), (by_generate.tolist(), reference.tolist())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,8 +223,10 @@ def test_sharing_applies_to_greedy_fast_decoding_of_native_internvl_and_names_wh
         native_checkpoint, remote_checkpoint):
     native = load_adapter(make_args(native_checkpoint))
     assert prefix_sharing.unsupported_reason(native, GenerationSettings()) is None
-    assert "--decode generate" in prefix_sharing.unsupported_reason(native, GenerationSettings(decode="generate"))
+    assert prefix_sharing.unsupported_reason(native, GenerationSettings(decode="generate")) is None
     assert "sampling" in prefix_sharing.unsupported_reason(native, GenerationSettings(temperature=0.7))
+    assert "beams" in prefix_sharing.unsupported_reason(native, GenerationSettings(num_beams=2))
+    assert "--static-cache" in prefix_sharing.unsupported_reason(native, GenerationSettings(static_cache=True))
     remote = load_adapter(make_args(remote_checkpoint, trust_remote_code=True))
     assert "internvl_chat" in prefix_sharing.unsupported_reason(remote, GenerationSettings())
 
@@ -337,17 +355,18 @@ def unshared_run(request, native_checkpoint, shared_data, tmp_path_factory):
     return out_dir, tiling
 
 
-@pytest.mark.parametrize("processes, schedule, batch_size, workers", [
-    (1, "dynamic", "auto", "2"),
-    (2, "static", "4", "0"),
-    (2, "dynamic", "4", "2"),
+@pytest.mark.parametrize("processes, schedule, batch_size, workers, decode", [
+    (1, "dynamic", "auto", "2", "auto"),
+    (2, "static", "4", "0", "auto"),
+    (2, "dynamic", "4", "2", "auto"),
+    (1, "static", "4", "2", "generate"),     # the decode path of split models: generate from the shared prefixes
 ])
-def test_sharing_predicts_exactly_what_the_unshared_run_predicts(processes, schedule, batch_size, workers,
+def test_sharing_predicts_exactly_what_the_unshared_run_predicts(processes, schedule, batch_size, workers, decode,
                                                                  native_checkpoint, shared_data, unshared_run,
                                                                  tmp_path):
     reference_dir, tiling = unshared_run
     args = run_args(native_checkpoint, shared_data, tmp_path, "--batch-size", batch_size, "--num-workers", workers,
-                    "--schedule", schedule, *tiling)
+                    "--schedule", schedule, "--decode", decode, *tiling)
     result = launch(args) if processes == 1 else torchrun(processes, args)
     assert result.returncode == 0, explain(result)
     assert predictions(tmp_path, TASK) == predictions(reference_dir, TASK)
