@@ -6,6 +6,9 @@
 #   bash bench/gpu_issues_14_18.sh checks     # issue 17 families vs plain transformers, issue 15 failure paths
 #                                        # under NCCL, issue 18 sweep on GPU groups
 #   bash bench/gpu_issues_14_18.sh convert    # issue 14: original folder converted at load vs convert output vs native
+#   bash bench/gpu_issues_14_18.sh split      # issue 16: prefix sharing on a split model (bench.split_sharing: 2B
+#                                        # over GPU 0 + GPU 1, or + the CPU for the last 2 layers on one GPU)
+#   bash bench/gpu_issues_14_18.sh join       # issue 16: default flags, next batch joined in a thread vs after
 #
 # From a fresh checkout on the GPU image (torch 2.11, transformers 5.17, accelerate, no network).
 set -u
@@ -29,6 +32,17 @@ case "${1:-}" in
     echo "=== sweep rc=${PIPESTATUS[0]}" ;;
   convert)
     bash bench/gpu_convert.sh "${2:-2b,8b}" ;;
+  split)
+    nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+    timeout -k 10 540 $PYTHON -m bench.split_sharing --device cuda --out "$OUT/split_sharing.json" 2>&1 \
+      | tee "$OUT/split_sharing.log"
+    echo "=== split sharing rc=${PIPESTATUS[0]}" ;;
+  join)
+    nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+    lscpu | grep -E "Model name|^CPU\(s\)" || true
+    timeout -k 10 540 $PYTHON -m bench.prefix --device cuda --shape 2b --sets distinct,pope --compare-join-ahead 2 \
+      --budget-s 470 --out "$OUT/join_ahead.json" 2>&1 | tee "$OUT/join_ahead.log"
+    echo "=== join ahead rc=${PIPESTATUS[0]}" ;;
   *)
-    echo "usage: bash bench/gpu_issues_14_18.sh prefix|checks|convert" >&2; exit 2 ;;
+    echo "usage: bash bench/gpu_issues_14_18.sh prefix|checks|convert|split|join" >&2; exit 2 ;;
 esac
