@@ -43,7 +43,7 @@ Batches in the shared layout are `ModelInputs` whose tensors are named `prefix_*
 (`SHARED_KEYS`); `ModelInputs.join` joins them as any batch (token tensors left-padded, the rest
 concatenated; groups are matched to members by ids drawn from their first item's id, so no offsets are
 needed). `unshared_tensors` turns a shared batch back into the plain one (what `collate` would have given),
-for `generate` and for joining with plain chunks.
+for joining with plain chunks.
 
 Where it applies (`unsupported_reason`): the transformers-native adapter over InternVL (1D positions; the
 processor returns only ids, mask and pixels) and original InternVL folders converted to it (their adapter
