@@ -113,28 +113,53 @@ class Chunk:
     shared: bool = False      # the batch asks about an image twice (`Preprocessor`)
 
 
+# The first batch of a process is generated in two pieces when it is this large and there are workers: a
+# lead piece of a quarter of it, then the rest (`lead_split`).
+LEAD_MIN_ITEMS = 64
+
+
+def lead_split(batch: Sequence[int], groups: Mapping[int, Hashable] | None) -> list[Sequence[int]]:
+    """The first batch cut into a lead piece of about a quarter and the rest, so the GPU starts after a
+    quarter of the first batch's preprocessing (each worker then prepares B / 4 / workers items, 0.14 s for a
+    batch of 256 at 17.7 ms an item over 8 workers, instead of 0.57 s) and the rest is prepared while the lead
+    piece generates. The cut falls on an image-group boundary where one lies between a quarter and a half
+    (sharing keeps whole groups), else at the quarter (a group may span batches anyway). Batches under
+    `LEAD_MIN_ITEMS` stay whole: their wait is short already."""
+    if len(batch) < LEAD_MIN_ITEMS:
+        return [batch]
+    cut = len(batch) // 4
+    if groups is not None:
+        boundaries = [position for position in range(cut, len(batch) // 2 + 1)
+                      if groups.get(batch[position]) != groups.get(batch[position - 1])]
+        cut = boundaries[0] if boundaries else cut
+    return [batch[:cut], batch[cut:]]
+
+
 class _ChunkKeys:
     """The DataLoader's sampler: chunk keys of this process's batches, claimed lazily, in order.
     Every batch is cut into `workers` chunks (fewer when it has fewer items), whatever its size: a
-    batch of a few heavy items (13 tiles each) is spread over the workers as a full batch is."""
+    batch of a few heavy items (13 tiles each) is spread over the workers as a full batch is. With workers,
+    the first batch this process takes is generated in two pieces (`lead_split`), each cut into chunks."""
 
     def __init__(self, batches: list[list[int]], workers: int, queue: WorkQueue | None,
-                 groups: Mapping[int, Hashable] | None = None) -> None:
+                 groups: Mapping[int, Hashable] | None = None, lead: bool = False) -> None:
         self.batches = batches
         self.workers = workers
         self.queue = queue
         self.groups = groups      # image groups (prefix sharing): chunks end at group boundaries
+        self.lead = lead
 
     def __iter__(self):
         from launcher.prefix_sharing import batch_shares, chunk_ranges
 
         numbers = iter(self.queue) if self.queue is not None else iter(range(len(self.batches)))
-        for number in numbers:
+        for taken, number in enumerate(numbers):
             batch = self.batches[number]
-            ranges = chunk_ranges(batch, self.workers, self.groups)
-            shared = batch_shares(batch, self.groups)
-            for part, (start, end) in enumerate(ranges):
-                yield Chunk(number, part, len(ranges), tuple(batch[start:end]), shared)
+            for piece in lead_split(batch, self.groups) if self.lead and taken == 0 else [batch]:
+                ranges = chunk_ranges(piece, self.workers, self.groups)
+                shared = batch_shares(piece, self.groups)
+                for part, (start, end) in enumerate(ranges):
+                    yield Chunk(number, part, len(ranges), tuple(piece[start:end]), shared)
 
 
 class _Chunks(Dataset):
@@ -254,14 +279,16 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
                 groups: Mapping[int, Hashable] | None = None, join_ahead: bool = True) -> LoopResult:
     """Run this process's share of `batches` (all of them, claimed dynamically when `queue_key` is set).
     `groups`: the image groups the batches keep together (prefix sharing), so chunks do too. `join_ahead`
-    False receives and joins every batch in this thread, after the one before it (a bench's comparison)."""
+    False is the loop without `JoinedBatches` and without the lead piece (`lead_split`): every batch received
+    and joined in this thread after the one before it (a bench's comparison)."""
     prepare = Preprocessor(items, prompts, adapter, on_bad_item)
     workers = num_workers if batches else 0
     work_queue = WorkQueue(store, queue_key, len(batches)) if queue_key is not None else None
     # Without workers a batch is prepared in one piece (one "worker"): chunks would only add joins. So it is
     # for a model family whose chunks cannot be joined (the adapter's capability record says so).
     joins = getattr(getattr(adapter, "capabilities", None), "joins_chunks", True)
-    sampler = _ChunkKeys(batches, max(1, workers) if joins else 1, work_queue, groups)
+    sampler = _ChunkKeys(batches, max(1, workers) if joins else 1, work_queue, groups,
+                         lead=join_ahead and workers > 0)
     loader = DataLoader(_Chunks(prepare), sampler=sampler, batch_size=None,
                         num_workers=workers, pin_memory=False, prefetch_factor=1 if workers else None,
                         persistent_workers=False,

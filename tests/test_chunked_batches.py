@@ -141,11 +141,13 @@ class _Watching:
     def __init__(self, adapter, store, key):
         self.adapter, self.store, self.key = adapter, store, key
         self.claimed_at_generate: list[int] = []
+        self.sizes: list[int] = []
 
     def collate(self, *args):
         return self.adapter.collate(*args)
 
     def generate(self, batch, settings):
+        self.sizes.append(batch.size)
         if self.store is not None:
             self.claimed_at_generate.append(int(self.store.add(self.key, 0)))
         return self.adapter.generate(batch, settings)
@@ -180,6 +182,33 @@ def test_workers_preparing_chunks_give_the_predictions_of_one_process(native_ada
     chunked_result, chunked = _run(native_adapter, items, prompts, batches, workers=3)
     assert chunked == alone and len(chunked) == 14
     assert chunked_result.batches == alone_result.batches == 3
+
+
+def test_the_first_large_batch_generates_in_a_lead_quarter_then_the_rest_with_the_same_predictions(
+        native_adapter, tmp_path):
+    items, prompts = _items(tmp_path, 80)
+    batches = [list(range(0, 64)), list(range(64, 80))]
+    watching = _Watching(native_adapter, None, None)
+    chunked_result, chunked = _run(watching, items, prompts, batches, workers=2)
+    alone_result, alone = _run(native_adapter, items, prompts, batches, workers=0)
+    assert chunked == alone and len(chunked) == 80
+    assert watching.sizes == [16, 48, 16]          # the first batch as a quarter, then the rest; later ones whole
+    assert (chunked_result.batches, alone_result.batches) == (3, 2)
+
+
+@pytest.mark.parametrize("size, groups, expected", [
+    (256, None, [64, 192]),
+    (63, None, [63]),                                          # small: whole
+    (256, {i: i // 18 for i in range(256)}, [72, 184]),      # POPE: the next image boundary after the quarter
+    (256, {i: 0 for i in range(256)}, [64, 192]),             # one image: at the quarter, inside the group
+    (100, {i: 0 if i < 80 else 1 for i in range(100)}, [25, 75]),   # no boundary in [quarter, half]
+])
+def test_the_lead_piece_is_a_quarter_cut_at_an_image_boundary_where_one_is_near(size, groups, expected):
+    from launcher.runner import lead_split
+
+    pieces = lead_split(list(range(size)), groups)
+    assert [len(piece) for piece in pieces] == expected
+    assert [index for piece in pieces for index in piece] == list(range(size))
 
 
 def test_a_process_claims_about_one_batch_ahead_of_the_one_it_generates(native_adapter, tmp_path):
