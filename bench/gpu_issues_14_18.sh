@@ -8,7 +8,7 @@
 #   bash bench/gpu_issues_14_18.sh convert    # issue 14: original folder converted at load vs convert output vs native
 #   bash bench/gpu_issues_14_18.sh split      # issue 16: prefix sharing on a split model (bench.split_sharing: 2B
 #                                        # over GPU 0 + GPU 1, or + the CPU for the last 2 layers on one GPU)
-#   bash bench/gpu_issues_14_18.sh join       # issue 16: default flags, next batch joined in a thread vs after
+#   bash bench/gpu_issues_14_18.sh join       # issue 16: default flags, next batch joined in a thread + lead piece vs neither
 #
 # From a fresh checkout on the GPU image (torch 2.11, transformers 5.17, accelerate, no network).
 set -u
@@ -40,7 +40,7 @@ case "${1:-}" in
   join)
     nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
     lscpu | grep -E "Model name|^CPU\(s\)" || true
-    timeout -k 10 540 $PYTHON -m bench.prefix --device cuda --shape 2b --sets distinct,pope --compare-join-ahead 2 \
+    timeout -k 10 540 $PYTHON -m bench.prefix --device cuda --shape 2b --sets distinct,pope,docvqa --compare-join-ahead 2 \
       --budget-s 470 --out "$OUT/join_ahead.json" 2>&1 | tee "$OUT/join_ahead.log"
     echo "=== join ahead rc=${PIPESTATUS[0]}" ;;
   *)

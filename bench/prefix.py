@@ -230,7 +230,7 @@ def _rows(args: argparse.Namespace, report: dict[str, Any], model, processor, bu
             for repeat in range(args.compare_join_ahead):
                 for ahead in (True, False):
                     if have_time(f"{name} join ahead {ahead}", args.min_row_s):
-                        add(name, f"ours, default flags, {'next batch joined in a thread' if ahead else 'joined after'}"
+                        add(name, f"ours, default flags, {'next batch joined in a thread, lead piece' if ahead else 'joined after'}"
                             f" (repeat {repeat + 1})", run_ours(model, processor, synthetic, dtype, settings,
                                                                   batch_size=None, sharing=True, join_ahead=ahead,
                                                                   **common))
