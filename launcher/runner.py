@@ -113,9 +113,10 @@ class Chunk:
     shared: bool = False      # the batch asks about an image twice (`Preprocessor`)
 
 
-# The first batch of a process is generated in two pieces when it is this large and there are workers: a
-# lead piece of a quarter of it, then the rest (`lead_split`).
-LEAD_MIN_ITEMS = 64
+# The first batch of a process is generated in two pieces when it holds this many distinct images (image
+# groups; items without sharing) and there are workers: a lead piece of a quarter of it, then the rest
+# (`lead_split`).
+LEAD_MIN_IMAGES = 64
 
 
 def lead_split(batch: Sequence[int], groups: Mapping[int, Hashable] | None) -> list[Sequence[int]]:
@@ -123,9 +124,14 @@ def lead_split(batch: Sequence[int], groups: Mapping[int, Hashable] | None) -> l
     quarter of the first batch's preprocessing (each worker then prepares B / 4 / workers items, 0.14 s for a
     batch of 256 at 17.7 ms an item over 8 workers, instead of 0.57 s) and the rest is prepared while the lead
     piece generates. The cut falls on an image-group boundary where one lies between a quarter and a half
-    (sharing keeps whole groups), else at the quarter (a group may span batches anyway). Batches under
-    `LEAD_MIN_ITEMS` stay whole: their wait is short already."""
-    if len(batch) < LEAD_MIN_ITEMS:
+    (sharing keeps whole groups), else at the quarter (a group may span batches anyway).
+
+    Batches of fewer than `LEAD_MIN_IMAGES` distinct images stay whole: their preprocessing is short already
+    (images are most of it), and each piece is a one-off batch shape that decodes without a CUDA graph. On
+    an H200, 2B shape: the POPE-like set (14 images a batch of 256) lost 15% when split, distinct images
+    gained 10% and their first batch started after 0.66-0.74 s instead of 1.47-1.51 s (bench/RESULTS.md)."""
+    images = len(set(groups.get(index, ("item", index)) for index in batch)) if groups is not None else len(batch)
+    if images < LEAD_MIN_IMAGES:
         return [batch]
     cut = len(batch) // 4
     if groups is not None:

@@ -198,10 +198,10 @@ def test_the_first_large_batch_generates_in_a_lead_quarter_then_the_rest_with_th
 
 @pytest.mark.parametrize("size, groups, expected", [
     (256, None, [64, 192]),
-    (63, None, [63]),                                          # small: whole
-    (256, {i: i // 18 for i in range(256)}, [72, 184]),      # POPE: the next image boundary after the quarter
-    (256, {i: 0 for i in range(256)}, [64, 192]),             # one image: at the quarter, inside the group
-    (100, {i: 0 if i < 80 else 1 for i in range(100)}, [25, 75]),   # no boundary in [quarter, half]
+    (63, None, [63]),                                          # under 64 images: whole
+    (256, {i: i // 3 for i in range(256)}, [66, 190]),       # 86 images: the next boundary after the quarter
+    (256, {i: i // 18 for i in range(256)}, [256]),          # POPE: 15 images, quick to prepare: whole
+    (256, {i: min(i, 64) for i in range(256)}, [64, 192]),   # 65 images, the last asked 192 times: at the quarter
 ])
 def test_the_lead_piece_is_a_quarter_cut_at_an_image_boundary_where_one_is_near(size, groups, expected):
     from launcher.runner import lead_split
