@@ -23,8 +23,8 @@ from launcher.errors import (EXIT_DONE, EXIT_PEER_FAILED, EXIT_PREEMPTED, EXIT_U
 from launcher.gather import gather_rows_to_main, merge_rows
 from launcher.images import image_size
 from launcher.journal import Journal, journal_path, next_attempt, read_journal, read_journals
-from launcher.outputs import (atomic_write_json, atomic_write_jsonl, atomic_write_text, check_fingerprint, checkpoint_identity,
-                              git_revision, versions)
+from launcher.outputs import (archive_manifest, atomic_write_json, atomic_write_jsonl, atomic_write_text,
+                              check_fingerprint, checkpoint_identity, git_revision, versions)
 from launcher import prefix_sharing
 from launcher.preflight import bad_images_error, check_images_everywhere, count_image_files
 from launcher.runner import (StopFlag, default_num_workers, ignore_stop_signals, install_signal_handlers,
@@ -54,6 +54,7 @@ class Evaluation:
         self._loaded_at: float | None = None
         self._bad_images: dict[str, dict[int, str]] = {}   # task -> item index -> reason (--on-bad-item skip)
         self._free_bytes: int | None = None      # free GPU memory after loading (--batch-size auto)
+        self._manifest_archived = False
 
     # ----- output
     def log(self, message: str, all_ranks: bool = False) -> None:
@@ -333,6 +334,9 @@ class Evaluation:
         disconnect()
 
     def _write_manifest(self, status: str, extra: dict | None = None) -> None:
+        if not self._manifest_archived:   # the previous run's run.json, before this run first replaces it
+            archive_manifest(self.out_dir)
+            self._manifest_archived = True
         manifest = dict(self.manifest, status=status, updated=now_iso(), versions=versions(),
                         git_revision=git_revision())
         if self.coordinator is not None:

@@ -11,6 +11,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -25,6 +26,25 @@ def _new_file_mode() -> int:
 
 
 _NEW_FILE_MODE = _new_file_mode()
+
+
+EARLIER_RUNS = "earlier-runs"     # replaced run.json files, which the report reads too
+
+
+def archive_manifest(run_dir: Path) -> Path | None:
+    """Keep the last run.json under earlier-runs/ before a new run replaces it: a rerun that covers only some
+    tasks (or fails before its first task) writes a run.json without the others, and the report still wants
+    their manifests (settings, timelines). Named by the old file's time, so archiving twice (a sweep before it
+    starts the run, then the run itself) keeps one copy."""
+    manifest = run_dir / "run.json"
+    if not manifest.is_file():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(manifest.stat().st_mtime))
+    target = run_dir / EARLIER_RUNS / f"run-{stamp}.json"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(manifest, target)
+    return target
 
 
 def atomic_write_text(path: Path, text: str) -> None:

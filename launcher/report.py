@@ -37,9 +37,8 @@ from typing import Any, Sequence
 
 from launcher.coordination import describe_failure
 from launcher.errors import EXIT_USER_ERROR, UserError
-from launcher.outputs import atomic_write_text, read_json
+from launcher.outputs import EARLIER_RUNS, atomic_write_text, read_json
 
-EARLIER_RUNS = "earlier-runs"     # launcher/sweep_local.py keeps replaced run.json files there
 VERSION_KEYS = ("transformers", "torch", "accelerate", "bitsandbytes")
 # A training step in a run name: checkpoint-1000, step_2000, iter_0003000, global_step500, ckpt-7.
 _STEP = re.compile(r"(?<![A-Za-z])(checkpoint|ckpt|global_step|step|steps|iter|iteration|it)[-_]?(\d+)(?!\d)",

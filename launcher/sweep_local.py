@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,13 +23,13 @@ from pathlib import Path
 from typing import IO, Sequence
 
 from launcher.errors import EXIT_PREEMPTED, UserError
+from launcher.outputs import archive_manifest
 from launcher.sweep import CheckpointPlan, SweepConfig, record_sweep
 from launcher.sweep_state import run_outcome
 from launcher.topology import run_environment, visible_gpu_ids
 
 LAUNCH_PY = Path(__file__).resolve().parent.parent / "launch.py"
 LOG_NAME = "sweep-launch.log"
-EARLIER_RUNS = "earlier-runs"
 _PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.2
 
@@ -79,20 +78,6 @@ def launch_command(python: str, arguments: Sequence[str], processes: int) -> lis
         return [python, str(LAUNCH_PY), *arguments]
     return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
             str(LAUNCH_PY), *arguments]
-
-
-def archive_manifest(run_dir: Path) -> Path | None:
-    """Keep the last run.json under earlier-runs/ before a new run replaces it: a run that covers only the
-    unfinished tasks writes a run.json without the others, and the report still wants their timelines."""
-    manifest = run_dir / "run.json"
-    if not manifest.is_file():
-        return None
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(manifest.stat().st_mtime))
-    target = run_dir / EARLIER_RUNS / f"run-{stamp}.json"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(manifest, target)
-    return target
 
 
 @dataclass

@@ -25,7 +25,8 @@ from typing import Sequence
 from launcher.errors import UserError
 from launcher.outputs import atomic_write_text, read_json
 from launcher.sweep import CheckpointPlan, SweepConfig, read_sweep_file, record_sweep
-from launcher.sweep_local import LAUNCH_PY, archive_manifest
+from launcher.outputs import archive_manifest
+from launcher.sweep_local import LAUNCH_PY
 
 TEMPLATE = Path(__file__).resolve().parent / "sweep_array.sbatch"
 MAX_REQUEUES = 3

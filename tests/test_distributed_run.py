@@ -100,6 +100,11 @@ def test_a_rerun_resumes_from_the_journals_and_redoes_a_torn_line(native_checkpo
     redone = sum(entry["items"] for entry in manifest(tmp_path)["tasks"][TASK]["per_rank"])
     assert redone == 1
     assert predictions(tmp_path, TASK) == predictions(single_process_run, TASK)
+    # The first run's run.json is kept, not overwritten: a rerun of some tasks (or one that fails early)
+    # would otherwise lose the manifest of the others; the report reads earlier-runs/ too.
+    kept = [json.loads(path.read_text()) for path in (tmp_path / "earlier-runs").glob("run-*.json")]
+    assert [len(run["tasks"][TASK]["per_rank"]) for run in kept] == [2]
+    assert len(manifest(tmp_path)["tasks"][TASK]["per_rank"]) == 3
 
 
 def test_changed_generation_settings_are_refused_unless_overwrite(native_checkpoint, data_root, tmp_path):
