@@ -230,10 +230,10 @@ def _rows(args: argparse.Namespace, report: dict[str, Any], model, processor, bu
             for repeat in range(args.compare_join_ahead):
                 for ahead in (True, False):
                     if have_time(f"{name} join ahead {ahead}", args.min_row_s):
-                        add(name, f"ours, default flags, {'next batch joined in a thread, lead piece' if ahead else 'joined after'}"
-                            f" (repeat {repeat + 1})", run_ours(model, processor, synthetic, dtype, settings,
-                                                                  batch_size=None, sharing=True, join_ahead=ahead,
-                                                                  **common))
+                        loop = "next batch joined in a thread, lead piece" if ahead else "joined after"
+                        add(name, f"ours, default flags, {loop} (repeat {repeat + 1})",
+                            run_ours(model, processor, synthetic, dtype, settings, batch_size=None, sharing=True,
+                                     join_ahead=ahead, **common))
         return
     for name in ("pope", "docvqa"):
         if name not in built:

@@ -306,8 +306,10 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
     # default-action SIGTERM handler in each worker before worker_init_fn runs).
     with _stop_signals_blocked():
         chunks_in_order = iter(loader)
-    ahead = JoinedBatches(chunks_in_order, lambda parts: join_parts(parts, pin_memory, _pad_token_id(prepare)),
-                          lambda parts: collate_whole(parts, pin_memory, prepare), stop, ahead=join_ahead and workers > 0)
+    pad_token_id = _pad_token_id(prepare)    # read here: the thread touches no tokenizer
+    ahead = JoinedBatches(chunks_in_order, lambda parts: join_parts(parts, pin_memory, pad_token_id),
+                          lambda parts: collate_whole(parts, pin_memory, prepare), stop,
+                          ahead=join_ahead and workers > 0)
     try:
         for prepared in ahead:
             ids = [items[i].id for i in prepared.indices]
@@ -352,10 +354,10 @@ class JoinedBatches:
 
     Iterating (main thread) yields the batches; an exception in the thread (a worker that died, a failed
     join) and a user error from a worker are raised in the main thread, at the batch they belong to. A stop
-    signal is acted on as a batch is ready, before it is handed out (PreemptedError). `cancel()` (every way out of the loop) makes the thread
-    drop what it holds and end; it never blocks the process (a daemon thread, never joined) while the caller
-    shuts the workers down. Under the dynamic schedule the process holds one batch more than without the
-    thread (DECISIONS: "Joining the next batch in a thread").
+    signal is acted on as a batch is ready, before it is handed out (PreemptedError). `cancel()` (every way
+    out of the loop) makes the thread drop what it holds and end; it never blocks the process (a daemon
+    thread, never joined) while the caller shuts the workers down. Under the dynamic schedule the process
+    holds one batch more than without the thread (DECISIONS: "Joining the next batch in a thread").
     """
 
     _END = object()
