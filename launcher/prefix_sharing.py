@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -439,15 +439,21 @@ class SharedPrompt:
               **{_cache_keyword(model): prefix_cache})
         return prefix_cache
 
+    def member_key_values(self, prefix_cache: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, `prefix_cache`'s keys and values copied to the members' rows (`[B, heads, P, dim]`), on
+        that layer's device."""
+        for source in prefix_cache.layers:
+            rows = self.groups.to(source.keys.device)
+            yield source.keys.index_select(0, rows), source.values.index_select(0, rows)
+
     def member_rows(self, prefix_cache: Any, config: Any) -> Any:
-        """`prefix_cache`'s rows copied to the members (`[B, heads, P, dim]` per layer): a `DynamicCache` from
-        which `generate` continues with each member's suffix."""
+        """`prefix_cache`'s rows copied to the members: a `DynamicCache` from which `generate` continues with
+        each member's suffix."""
         from transformers import DynamicCache
 
         members = DynamicCache(config=config)
-        for index, source in enumerate(prefix_cache.layers):
-            rows = self.groups.to(source.keys.device)
-            members.update(source.keys.index_select(0, rows), source.values.index_select(0, rows), index)
+        for index, (keys, values) in enumerate(self.member_key_values(prefix_cache)):
+            members.update(keys, values, index)
         return members
 
     @torch.inference_mode()
@@ -476,9 +482,8 @@ class SharedPrompt:
         # 1. vision + projector + language model over the group prefixes, once per group.
         prefix_cache = self.prefill_prefixes(decoder.model)
         # 2. each layer's K/V rows to the members' rows, cache columns [0, P).
-        for layer, source in zip(cache.layers, prefix_cache.layers):
-            rows = self.groups.to(source.keys.device)
-            layer.update(source.keys.index_select(0, rows), source.values.index_select(0, rows))
+        for layer, (keys, values) in zip(cache.layers, self.member_key_values(prefix_cache)):
+            layer.update(keys, values)
         del prefix_cache
         # 3. the members' suffixes, cache columns [P, P + S), against their prefix and their own earlier tokens.
         suffix_ids, suffix_mask = self.tensors[SUFFIX_IDS], self.suffix_mask

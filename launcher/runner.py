@@ -204,12 +204,6 @@ def collate_whole(parts: Sequence[PreparedBatch], pin_memory: bool, prepare: Pre
                          {**{i: reason for part in parts for i, reason in part.skipped.items()}, **whole.skipped})
 
 
-def join_chunks(parts: Sequence[PreparedBatch], pin_memory: bool, prepare: Preprocessor) -> PreparedBatch:
-    """`join_parts`, or `collate_whole` where the chunks cannot be joined."""
-    joined = join_parts(parts, pin_memory, _pad_token_id(prepare))
-    return joined if joined is not None else collate_whole(parts, pin_memory, prepare)
-
-
 def _pad_token_id(prepare: Preprocessor) -> int | None:
     return getattr(getattr(getattr(prepare, "adapter", None), "tokenizer", None), "pad_token_id", None)
 

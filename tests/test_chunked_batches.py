@@ -17,7 +17,8 @@ from launcher.adapters import ModelInputs
 from launcher.generation import GenerationSettings
 from launcher.journal import Journal, read_journal
 from launcher.loading import load_adapter
-from launcher.runner import Chunk, PreparedBatch, StopFlag, _ChunkKeys, chunk_size, join_chunks, run_batches
+from launcher.runner import (Chunk, PreparedBatch, StopFlag, _ChunkKeys, chunk_size, collate_whole, join_parts,
+                             run_batches)
 from tests.inputs import make_args, noise_image
 from tests.runs import free_port
 
@@ -101,7 +102,8 @@ def test_chunks_with_and_without_images_are_collated_again_as_one(native_adapter
         asked.append(indices)
         return PreparedBatch(number, indices, native_adapter.collate(items, PROMPTS[:2], [IMAGES[0], []]))
 
-    joined = join_chunks([first, second], pin_memory=False, prepare=prepare_whole)
+    assert join_parts([first, second], False, native_adapter.tokenizer.pad_token_id) is None
+    joined = collate_whole([first, second], pin_memory=False, prepare=prepare_whole)
     assert asked == [[0, 1]] and joined.indices == [0, 1]
     assert_same_inputs(joined.inputs, whole)
 

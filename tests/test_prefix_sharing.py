@@ -108,7 +108,7 @@ def test_a_chunk_without_a_shared_image_is_collated_plainly(adapter):
 
 
 def test_joined_shared_chunks_equal_one_shared_collate_and_mixed_chunks_join_as_plain(adapter):
-    from launcher.runner import PreparedBatch, join_chunks
+    from launcher.runner import PreparedBatch, join_parts
 
     items, prompts, images = batch_items()
     whole = collate(adapter, True, items, prompts, images)
@@ -120,21 +120,17 @@ def test_joined_shared_chunks_equal_one_shared_collate_and_mixed_chunks_join_as_
         plain = collate(adapter, False, items, prompts, images)
         assert all(torch.equal(unshared[name], plain.tensors[name]) for name in plain.tensors)
 
-    class Prepare:                    # what join_chunks needs of a Preprocessor
-        def __init__(self, adapter):
-            self.adapter = adapter
-
     mixed = [PreparedBatch(0, list(range(0, 6)), collate(adapter, True, items[:6], prompts[:6], images[:6])),
              PreparedBatch(0, [6, 7, 8], collate(adapter, True, items[6:9], prompts[6:9], images[6:9]))]
     assert not prefix_sharing.is_shared(mixed[1].inputs.tensors)
-    result = join_chunks(mixed, False, Prepare(adapter)).inputs
+    result = join_parts(mixed, False, adapter.tokenizer.pad_token_id).inputs
     plain = collate(adapter, False, items[:9], prompts[:9], images[:9])
     assert set(result.tensors) == set(plain.tensors)
     assert all(torch.equal(result.tensors[name], plain.tensors[name]) for name in plain.tensors)
 
 
 def test_every_chunk_of_a_batch_with_a_repeated_image_is_shared_even_one_without_a_repeat(adapter):
-    from launcher.runner import Preprocessor, _ChunkKeys, join_chunks
+    from launcher.runner import Preprocessor, _ChunkKeys, join_parts
 
     items, prompts, images = batch_items([("red", 0), ("red", 1), ("wide", 2), ("tall", 3)])
     groups = prefix_sharing.group_keys(items, range(4))
@@ -155,7 +151,7 @@ def test_every_chunk_of_a_batch_with_a_repeated_image_is_shared_even_one_without
         adapter.prefix_sharing = False
     assert all(prefix_sharing.is_shared(part.inputs.tensors) for part in parts)
     assert not prefix_sharing.is_shared(alone.inputs.tensors)          # outside a sharing batch: plain
-    joined = join_chunks(parts, False, prepare).inputs
+    joined = join_parts(parts, False, adapter.tokenizer.pad_token_id).inputs
     assert prefix_sharing.is_shared(joined.tensors)
     plain = collate(adapter, False, items, prompts, images)
     unshared = prefix_sharing.unshared_tensors(joined.tensors, adapter.tokenizer.pad_token_id)
