@@ -329,6 +329,7 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
         # forever.
         ahead.cancel()
         shut_down_workers(chunks_in_order)
+        ahead.wait_ended(JOIN_THREAD_END_SECONDS)
         result.join_seconds = ahead.join_seconds
     result.seconds = time.perf_counter() - started
     return result
@@ -386,6 +387,13 @@ class JoinedBatches:
 
     def cancel(self) -> None:
         self._cancelled.set()
+
+    def wait_ended(self, timeout: float) -> bool:
+        """After `cancel()` and the workers' shutdown: wait up to `timeout` for the thread to end (it must not
+        be alive at interpreter exit); whether it has. Never longer: the caller goes on either way."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _joined(self):
         """(main thread or the thread) Joined batches, or a batch's chunks where `join` gives None."""
@@ -450,6 +458,7 @@ class JoinedBatches:
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR1}
 _PR_SET_PDEATHSIG = 1                   # <linux/prctl.h>
 WORKER_STOP_GRACE_SECONDS = 1.0
+JOIN_THREAD_END_SECONDS = 2.0          # the thread of `JoinedBatches` ends within ms once woken (shut_down_workers)
 
 
 def _prepare_worker(parent_pid: int, _worker_id: int) -> None:
@@ -512,6 +521,12 @@ def shut_down_workers(chunks_in_order: Any, grace_seconds: float = WORKER_STOP_G
         worker.join(5.0)
     with contextlib.suppress(Exception):
         chunks_in_order._shutdown_workers()   # closes torch's queues and threads; its joins return at once
+    # A thread still receiving from this iterator (`JoinedBatches`) waits inside torch's loop, which polls
+    # the result queue every 5 s for ever once the workers are marked gone; alive at interpreter exit, such a
+    # thread can abort the process (SIGABRT instead of the verdict's exit code). An item that is no chunk
+    # (index -1) makes torch's bookkeeping raise in that thread at once, and it ends.
+    with contextlib.suppress(Exception):
+        chunks_in_order._worker_result_queue.put((-1, None))
 
 
 def kill_preprocessing_workers() -> None:

@@ -157,3 +157,29 @@ def test_a_bad_image_in_a_worker_reaches_the_caller_as_its_own_one_line_message(
     assert "--on-bad-item skip" in message and "\n" not in message and "Caught" not in message
     rows = read_journal(journal.path)
     assert [(row["id"], row["prediction"]) for row in rows] == [(f"q{i}", f"answer {i}") for i in range(4)]
+
+
+def test_the_thread_receiving_the_next_batch_is_gone_when_a_failed_loop_returns(tmp_path):
+    """generate fails while the next batch is still being prepared in a worker: the thread waiting for it
+    inside the DataLoader must end with the loop (alive at interpreter exit, it aborted the process)."""
+    import threading
+
+    class SlowThenFailing(_EchoAdapter):
+        def collate(self, items, prompts, images):
+            if int(prompts[0].split()[-1]) >= 2:
+                time.sleep(3)                    # the next batch: still in a worker when generate fails
+            return super().collate(items, prompts, images)
+
+        def generate(self, batch, settings):
+            raise RuntimeError("injected: generate fails")
+
+    items = [Item(id=f"q{index}", question=f"question {index}") for index in range(8)]
+    journal = Journal(tmp_path / "journal.jsonl")
+    with pytest.raises(RuntimeError, match="injected"):
+        run_batches(task=_Task(), items=items, prompts=[item.question for item in items],
+                    batches=[[0, 1], [2, 3], [4, 5], [6, 7]], adapter=SlowThenFailing(),
+                    settings=GenerationSettings(), journal=journal, on_bad_item="error", num_workers=2,
+                    pin_memory=False, queue_key=None, store=torch.distributed.HashStore(), stop=StopFlag(),
+                    on_batch_done=lambda *_: None, set_phase=lambda *_: None)
+    journal.close()
+    assert not [thread.name for thread in threading.enumerate() if thread.name == "launcher-next-batch"]
