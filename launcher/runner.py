@@ -349,10 +349,11 @@ class JoinedBatches:
 
     Iterating (main thread) yields the batches; an exception in the thread (a worker that died, a failed
     join) and a user error from a worker are raised in the main thread, at the batch they belong to. A stop
-    signal is acted on as a batch is ready, before it is handed out (PreemptedError). `cancel()` (every way
-    out of the loop) makes the thread drop what it holds and end; it never blocks the process (a daemon
-    thread, never joined) while the caller shuts the workers down. Under the dynamic schedule the process
-    holds one batch more than without the thread (DECISIONS: "Joining the next batch in a thread").
+    signal is acted on as a batch is ready, before it is handed out (PreemptedError). `cancel()` (called as
+    iterating ends, however it ends, and by the loop on every way out) makes the thread drop what it holds and
+    end; it never blocks the process (a daemon thread, never joined) while the caller shuts the workers down.
+    Under the dynamic schedule the process holds one batch more than without the thread (DECISIONS: "Joining
+    the next batch in a thread").
     """
 
     _END = object()
@@ -376,14 +377,19 @@ class JoinedBatches:
 
     def __iter__(self):
         values = self._from_thread() if self._ahead else self._joined()
-        for value in values:
-            if isinstance(value, list):          # chunks that cannot be joined
-                collating = time.perf_counter()
-                value = self._collate(value)
-                self.join_seconds += time.perf_counter() - collating
-            if self._stop.is_set():
-                raise PreemptedError(f"stopped by {self._stop.signal_name}")
-            yield value
+        try:
+            for value in values:
+                if isinstance(value, list):          # chunks that cannot be joined
+                    collating = time.perf_counter()
+                    value = self._collate(value)
+                    self.join_seconds += time.perf_counter() - collating
+                if self._stop.is_set():
+                    raise PreemptedError(f"stopped by {self._stop.signal_name}")
+                yield value
+        finally:
+            # However iterating ends (the last batch, an error raised here or in the caller's loop body, the
+            # iterator dropped), the thread must not wait for ever to hand over a batch nobody will take.
+            self.cancel()
 
     def cancel(self) -> None:
         self._cancelled.set()

@@ -107,12 +107,28 @@ def test_a_workers_user_error_comes_back_as_itself(ahead):
 def test_a_stop_signal_stops_before_the_next_batch_is_handed_out(ahead):
     stop = StopFlag()
     seen = []
+    batches = JoinedBatches(chunks(4), join_recording([]), never_collate, stop, ahead=ahead)
     with pytest.raises(PreemptedError, match="SIGTERM"):
-        for batch in JoinedBatches(chunks(4), join_recording([]), never_collate, stop, ahead=ahead):
+        for batch in batches:
             seen.append(batch.number)
             if batch.number == 1:
                 stop.set("SIGTERM")
     assert seen == [0, 1]
+    # Nobody called cancel(): the thread, holding batch 3 it can no longer hand over, ends as iterating ends.
+    assert batches.wait_ended(5.0)
+
+
+def test_the_thread_ends_when_the_callers_loop_body_raises_without_cancelling():
+    batches = JoinedBatches(chunks(5), join_recording([]), never_collate, StopFlag(), ahead=True)
+
+    def use(batch):
+        time.sleep(0.2)                          # batch 1 is joined and waiting to be handed over meanwhile
+        raise RuntimeError("generate failed")
+
+    with pytest.raises(RuntimeError, match="generate failed"):
+        for batch in batches:
+            use(batch)
+    assert batches.wait_ended(5.0)
 
 
 def test_a_stop_after_the_last_batch_is_not_a_preemption():

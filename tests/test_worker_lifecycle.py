@@ -175,6 +175,7 @@ def test_the_thread_receiving_the_next_batch_is_gone_when_a_failed_loop_returns(
 
     items = [Item(id=f"q{index}", question=f"question {index}") for index in range(8)]
     journal = Journal(tmp_path / "journal.jsonl")
+    before = set(threading.enumerate())          # only this loop's thread counts, not another test's
     with pytest.raises(RuntimeError, match="injected"):
         run_batches(task=_Task(), items=items, prompts=[item.question for item in items],
                     batches=[[0, 1], [2, 3], [4, 5], [6, 7]], adapter=SlowThenFailing(),
@@ -182,4 +183,5 @@ def test_the_thread_receiving_the_next_batch_is_gone_when_a_failed_loop_returns(
                     pin_memory=False, queue_key=None, store=torch.distributed.HashStore(), stop=StopFlag(),
                     on_batch_done=lambda *_: None, set_phase=lambda *_: None)
     journal.close()
-    assert not [thread.name for thread in threading.enumerate() if thread.name == "launcher-next-batch"]
+    started = [thread for thread in set(threading.enumerate()) - before if thread.name == "launcher-next-batch"]
+    assert not started
