@@ -211,6 +211,23 @@ def test_generate_continues_from_the_shared_prefixes_with_generates_own_tokens(a
     assert torch.equal(by_generate, reference), (by_generate.tolist(), reference.tolist())
 
 
+def test_sharing_with_4bit_weights_gives_generates_tokens(native_checkpoint):
+    """bitsandbytes weights decode through `generate` (no CUDA graphs), so sharing goes the DynamicCache way.
+    4-bit weights are dequantized per layer and every row is computed alone: the tokens must be generate's on
+    the unshared batch. (8-bit is not held to this: LLM.int8 picks its outlier columns over all the rows of a
+    matmul, so its tokens change with the batch's other items with or without sharing; DECISIONS.)"""
+    quantized = load_adapter(make_args(native_checkpoint, load_in_4bit=True))
+    assert quantized.quantization == "4bit" and quantized.fast_decode_unsupported()
+    assert prefix_sharing.unsupported_reason(quantized, GREEDY) is None
+    items, prompts, images = batch_items()
+    reference = generate_reference(quantized, items, prompts, images)
+    shared = collate(quantized, True, items, prompts, images)
+    ours, seen = vision_batches(quantized, shared, GREEDY)
+    assert torch.equal(ours, reference), (ours.tolist(), reference.tolist())
+    assert len({tuple(row) for row in reference.tolist()}) > 3
+    assert seen == [int(shared.tensors[prefix_sharing.PREFIX_PIXEL_ROWS].sum())]   # each image once
+
+
 # ----------------------------------------------------------------------------------------------
 # Where it applies
 
