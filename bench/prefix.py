@@ -50,9 +50,11 @@ from launcher.generation import GenerationSettings
 
 
 def plan_task(adapter, synthetic: SyntheticSet, prompts: list[str], settings: GenerationSettings,
-              batch_size: int | None, free_bytes: int | None) -> tuple[list[list[int]], Any, dict | None]:
+              batch_size: int | None, free_bytes: int | None
+              ) -> tuple[list[list[int]], Any, dict | None, dict[int, float]]:
     """What `Evaluation._evaluate` does between loading and the loop, one process: costs from the image
-    headers, groups (when the adapter shares prefixes), the batch size, effective costs, the plan."""
+    headers, groups (when the adapter shares prefixes), the batch size, effective costs, the plan; and each
+    item's image tokens (the first batch's lead piece)."""
     from launcher import prefix_sharing
     from launcher.batch_size import BatchSizeChoice, auto_batch_size
     from launcher.evaluation import CHAT_TEMPLATE_TOKENS, _cached_image_size
@@ -74,7 +76,7 @@ def plan_task(adapter, synthetic: SyntheticSet, prompts: list[str], settings: Ge
                                  int(max(costs.values())) + CHAT_TEMPLATE_TOKENS, settings.max_new_tokens, tiles)
     if groups is not None:
         costs = prefix_sharing.effective_costs(costs, shared, groups, choice.batch_size)
-    return plan_batches(pending, costs, choice.batch_size, 0, 1, False, groups=groups), choice, groups
+    return plan_batches(pending, costs, choice.batch_size, 0, 1, False, groups=groups), choice, groups, shared
 
 
 def run_ours(model, processor, synthetic: SyntheticSet, dtype: torch.dtype, settings: GenerationSettings, *,
@@ -96,13 +98,14 @@ def run_ours(model, processor, synthetic: SyntheticSet, dtype: torch.dtype, sett
         journal = Journal(Path(scratch) / "journal.jsonl")
         sync_device()
         started = time.perf_counter()
-        batches, choice, groups = plan_task(adapter, synthetic, prompts, settings, batch_size, free_bytes)
+        batches, choice, groups, image_tokens = plan_task(adapter, synthetic, prompts, settings, batch_size,
+                                                          free_bytes)
         planned = time.perf_counter()
         result = run_batches(task=BenchTask(), items=synthetic.items, prompts=prompts, batches=batches,
                              adapter=adapter, settings=settings, journal=journal, on_bad_item="error",
                              num_workers=num_workers, pin_memory=device.type == "cuda", queue_key=None, store=None,
                              stop=StopFlag(), on_batch_done=lambda *_: None, set_phase=lambda *_: None,
-                             groups=groups, join_ahead=join_ahead)
+                             groups=groups, join_ahead=join_ahead, image_tokens=image_tokens)
         sync_device()
         finished = time.perf_counter()
         journal.close()

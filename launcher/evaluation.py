@@ -207,15 +207,15 @@ class Evaluation:
         # Every process (one model replica each, however many GPUs it drives) claims from the queue.
         # Static batches are rank-local: only this rank's shard needs reading (image headers).
         wanted = pending if dynamic else shard_indices(pending, topology.rank, topology.world_size, groups)
-        shared_costs: dict[int, float] | None = {} if groups is not None else None
-        costs = self._costs(adapter, items, prompts, wanted, shared_costs)
+        image_costs: dict[int, float] = {}
+        costs = self._costs(adapter, items, prompts, wanted, image_costs)
         # Under the dynamic schedule every process must cut the same list: all size it from rank 0's memory.
         choice = self._batch_size(adapter, settings, items, costs,
                                   plan.get("free_bytes") if dynamic else self._free_bytes)
         self.log(f"{task.name}: {choice.describe()}")
         if groups is not None:
             self.log(f"{task.name}: prefix sharing: {prefix_sharing.describe_groups(groups)}")
-            costs = prefix_sharing.effective_costs(costs, shared_costs, groups, choice.batch_size)
+            costs = prefix_sharing.effective_costs(costs, image_costs, groups, choice.batch_size)
         batches = plan_batches(pending, costs, choice.batch_size, topology.rank, topology.world_size, dynamic,
                                groups=groups)
         progress = _Progress(self, task.name, total=len(items), initial=len(items) - len(pending))
@@ -231,7 +231,8 @@ class Evaluation:
                 journal=journal, on_bad_item=config.on_bad_item, num_workers=workers,
                 pin_memory=bool(topology.gpus), queue_key=f"queue/{task.name}/{attempt}" if dynamic else None,
                 store=store, stop=self.stop,
-                on_batch_done=progress.advance, set_phase=self.coordinator.set_phase, groups=groups)
+                on_batch_done=progress.advance, set_phase=self.coordinator.set_phase, groups=groups,
+                image_tokens=image_costs)
         except BaseException:
             progress.abandon()   # end the bar's line before the error is printed
             raise
@@ -296,16 +297,16 @@ class Evaluation:
                 "batches": [[since(start), since(end)] for start, end in result.batch_spans]}
 
     def _costs(self, adapter, items: Sequence[Item], prompts: Sequence[str], indices: Sequence[int],
-               shared_costs: dict[int, float] | None = None) -> dict:
-        """Each item's cost (LLM tokens); with `shared_costs`, also fills in its image part (the cost
-        without the prompt), what prefix sharing pays once per group."""
+               image_costs: dict[int, float] | None = None) -> dict:
+        """Each item's cost (LLM tokens); with `image_costs`, also fills in its image part (the cost without
+        the prompt): what prefix sharing pays once per group, and the first batch's preprocessing weight."""
         costs: dict[int, float] = {}
         headers: dict[Any, Any] = {}      # an image asked about by several items is read once
         for index in indices:
             sizes = [_cached_image_size(source, headers) for source in items[index].images]
             costs[index] = float(adapter.estimate_cost(items[index], prompts[index], [s for s in sizes if s]))
-            if shared_costs is not None:
-                shared_costs[index] = float(adapter.estimate_cost(items[index], "", [s for s in sizes if s]))
+            if image_costs is not None:
+                image_costs[index] = float(adapter.estimate_cost(items[index], "", [s for s in sizes if s]))
         return costs
 
     def _batch_size(self, adapter, settings, items: Sequence[Item], costs: dict, free: int | None):

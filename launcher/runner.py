@@ -113,25 +113,34 @@ class Chunk:
     shared: bool = False      # the batch asks about an image twice (`Preprocessor`)
 
 
-# The first batch of a process is generated in two pieces when it holds this many distinct images (image
-# groups; items without sharing) and there are workers: a lead piece of a quarter of it, then the rest
-# (`lead_split`).
-LEAD_MIN_IMAGES = 64
+# The first batch of a process is generated in two pieces when its distinct images (image groups; items
+# without sharing) hold this many image tokens and there are workers: a lead piece of a quarter of it, then
+# the rest (`lead_split`). Measured as 64 one-tile images of 256 tokens (InternVL); a 13-tile page counts 13.
+LEAD_MIN_IMAGE_TOKENS = 64 * 256
+IMAGE_TOKENS_UNKNOWN = 256        # an image whose token count the caller did not give: one InternVL tile
 
 
-def lead_split(batch: Sequence[int], groups: Mapping[int, Hashable] | None) -> list[Sequence[int]]:
+def lead_split(batch: Sequence[int], groups: Mapping[int, Hashable] | None,
+               image_tokens: Mapping[int, float] | None = None) -> list[Sequence[int]]:
     """The first batch cut into a lead piece of about a quarter and the rest, so the GPU starts after a
     quarter of the first batch's preprocessing (each worker then prepares B / 4 / workers items, 0.14 s for a
     batch of 256 at 17.7 ms an item over 8 workers, instead of 0.57 s) and the rest is prepared while the lead
     piece generates. The cut falls on an image-group boundary where one lies between a quarter and a half
     (sharing keeps whole groups), else at the quarter (a group may span batches anyway).
 
-    Batches of fewer than `LEAD_MIN_IMAGES` distinct images stay whole: their preprocessing is short already
-    (images are most of it), and each piece is a one-off batch shape that decodes without a CUDA graph. On
-    an H200, 2B shape: the POPE-like set (14 images a batch of 256) lost 15% when split, distinct images
-    gained 10% and their first batch started after 0.66-0.74 s instead of 1.47-1.51 s (bench/RESULTS.md)."""
-    images = len(set(groups.get(index, ("item", index)) for index in batch)) if groups is not None else len(batch)
-    if images < LEAD_MIN_IMAGES:
+    A batch whose distinct images hold fewer than `LEAD_MIN_IMAGE_TOKENS` (`image_tokens`: each item's image
+    tokens; an image counts once however many questions ask about it) stays whole: its preprocessing is short
+    already (opening and tiling images is most of it), and each piece is a one-off batch shape that decodes
+    without a CUDA graph. On an H200, 2B shape: the POPE-like set (14 one-tile images a batch of 256) lost 15%
+    when split, distinct images gained 10% and their first batch started after 0.66-0.74 s instead of
+    1.47-1.51 s (bench/RESULTS.md). Image tokens, not images, because a DocVQA page of 13 tiles takes about 13
+    times a one-tile image to prepare: 44 such pages (under 64 images) kept the first batch 1.0-1.4 s away."""
+    first_of_image: dict[Hashable, int] = {}
+    for index in batch:
+        first_of_image.setdefault(groups.get(index, ("item", index)) if groups is not None else index, index)
+    weight = sum(float(image_tokens.get(index, IMAGE_TOKENS_UNKNOWN)) if image_tokens is not None
+                 else IMAGE_TOKENS_UNKNOWN for index in first_of_image.values())
+    if weight < LEAD_MIN_IMAGE_TOKENS:
         return [batch]
     cut = len(batch) // 4
     if groups is not None:
@@ -148,12 +157,14 @@ class _ChunkKeys:
     the first batch this process takes is generated in two pieces (`lead_split`), each cut into chunks."""
 
     def __init__(self, batches: list[list[int]], workers: int, queue: WorkQueue | None,
-                 groups: Mapping[int, Hashable] | None = None, lead: bool = False) -> None:
+                 groups: Mapping[int, Hashable] | None = None, lead: bool = False,
+                 image_tokens: Mapping[int, float] | None = None) -> None:
         self.batches = batches
         self.workers = workers
         self.queue = queue
         self.groups = groups      # image groups (prefix sharing): chunks end at group boundaries
         self.lead = lead
+        self.image_tokens = image_tokens
 
     def __iter__(self):
         from launcher.prefix_sharing import batch_shares, chunk_ranges
@@ -161,7 +172,8 @@ class _ChunkKeys:
         numbers = iter(self.queue) if self.queue is not None else iter(range(len(self.batches)))
         for taken, number in enumerate(numbers):
             batch = self.batches[number]
-            for piece in lead_split(batch, self.groups) if self.lead and taken == 0 else [batch]:
+            pieces = lead_split(batch, self.groups, self.image_tokens) if self.lead and taken == 0 else [batch]
+            for piece in pieces:
                 ranges = chunk_ranges(piece, self.workers, self.groups)
                 shared = batch_shares(piece, self.groups)
                 for part, (start, end) in enumerate(ranges):
@@ -276,9 +288,11 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
                 pin_memory: bool, queue_key: str | None, store, stop: StopFlag,
                 on_batch_done: Callable[[int, list[str]], None],
                 set_phase: Callable[[str, Sequence[str]], None],
-                groups: Mapping[int, Hashable] | None = None, join_ahead: bool = True) -> LoopResult:
+                groups: Mapping[int, Hashable] | None = None, join_ahead: bool = True,
+                image_tokens: Mapping[int, float] | None = None) -> LoopResult:
     """Run this process's share of `batches` (all of them, claimed dynamically when `queue_key` is set).
-    `groups`: the image groups the batches keep together (prefix sharing), so chunks do too. `join_ahead`
+    `groups`: the image groups the batches keep together (prefix sharing), so chunks do too. `image_tokens`:
+    each item's image tokens (the adapter's estimate), which decide the first batch's lead piece. `join_ahead`
     False is the loop without `JoinedBatches` and without the lead piece (`lead_split`): every batch received
     and joined in this thread after the one before it (a bench's comparison)."""
     prepare = Preprocessor(items, prompts, adapter, on_bad_item)
@@ -288,7 +302,7 @@ def run_batches(*, task: Task, items: Sequence[Item], prompts: Sequence[str], ba
     # for a model family whose chunks cannot be joined (the adapter's capability record says so).
     joins = getattr(getattr(adapter, "capabilities", None), "joins_chunks", True)
     sampler = _ChunkKeys(batches, max(1, workers) if joins else 1, work_queue, groups,
-                         lead=join_ahead and workers > 0)
+                         lead=join_ahead and workers > 0, image_tokens=image_tokens)
     loader = DataLoader(_Chunks(prepare), sampler=sampler, batch_size=None,
                         num_workers=workers, pin_memory=False, prefetch_factor=1 if workers else None,
                         persistent_workers=False,

@@ -213,6 +213,34 @@ def test_the_lead_piece_is_a_quarter_cut_at_an_image_boundary_where_one_is_near(
     assert [index for piece in pieces for index in piece] == list(range(size))
 
 
+@pytest.mark.parametrize("size, per_image, tiles, expected", [
+    (176, 4, 13, [44, 132]),     # DocVQA-like: 44 pages of 13 tiles (under 64 images), 4 questions each: split
+    (256, 18, 1, [256]),         # POPE-like: 15 one-tile images: whole
+    (256, 1, 1, [64, 192]),      # 256 distinct one-tile images: split, as without image tokens
+    (60, 1, 1, [60]),            # 60 one-tile images: whole
+    (256, 1, 0, [256]),          # no images (text only): tokenizing is quick, whole
+])
+def test_the_lead_piece_counts_the_distinct_images_tokens_not_the_images(size, per_image, tiles, expected):
+    from launcher.runner import _ChunkKeys, lead_split
+
+    groups = {index: index // per_image for index in range(size)} if per_image > 1 else None
+    image_tokens = {index: 256.0 * tiles for index in range(size)}
+    pieces = lead_split(list(range(size)), groups, image_tokens)
+    assert [len(piece) for piece in pieces] == expected
+    # The sampler cuts the first batch it hands out so, and only that one.
+    keys = list(_ChunkKeys([list(range(size)), list(range(size))], 2, None, groups, lead=True,
+                           image_tokens=image_tokens))
+    def piece_sizes(number):                  # each piece is cut into chunks numbered from 0
+        sizes = []
+        for key in (key for key in keys if key.number == number):
+            if key.part == 0:
+                sizes.append(0)
+            sizes[-1] += len(key.indices)
+        return sizes
+
+    assert piece_sizes(0) == expected and piece_sizes(1) == [size]       # later batches stay whole
+
+
 def test_a_process_claims_about_one_batch_ahead_of_the_one_it_generates(native_adapter, tmp_path):
     import torch.distributed as dist
 
