@@ -57,17 +57,14 @@ def plan_task(adapter, synthetic: SyntheticSet, prompts: list[str], settings: Ge
     item's image tokens (the first batch's lead piece)."""
     from launcher import prefix_sharing
     from launcher.batch_size import BatchSizeChoice, auto_batch_size
-    from launcher.evaluation import CHAT_TEMPLATE_TOKENS, _cached_image_size
+    from launcher.evaluation import CHAT_TEMPLATE_TOKENS, item_costs
     from launcher.scheduler import plan_batches
 
     items = synthetic.items
     pending = list(range(len(items)))
     groups = prefix_sharing.group_keys(items, pending) if adapter.prefix_sharing else None
-    costs, shared, headers = {}, {}, {}
-    for index in pending:
-        sizes = [size for size in (_cached_image_size(source, headers) for source in items[index].images) if size]
-        costs[index] = float(adapter.estimate_cost(items[index], prompts[index], sizes))
-        shared[index] = float(adapter.estimate_cost(items[index], "", sizes))
+    shared: dict[int, float] = {}
+    costs = item_costs(adapter, items, prompts, pending, shared)
     if batch_size is not None:
         choice = BatchSizeChoice(batch_size, "flag")
     else:

@@ -83,10 +83,10 @@ def make_adapter(model, processor, synthetic: SyntheticSet, dtype: torch.dtype,
 
 
 def item_costs(adapter, items, prompts) -> list[float]:
-    from launcher.images import image_size
+    """Every item's cost, in order, as the launcher plans it (`launcher.evaluation.item_costs`)."""
+    from launcher.evaluation import item_costs as costs_by_index
 
-    return [float(adapter.estimate_cost(item, prompt, [s for s in map(image_size, item.images) if s]))
-            for item, prompt in zip(items, prompts)]
+    return list(costs_by_index(adapter, items, prompts, range(len(items))).values())
 
 
 class Workload(NamedTuple):

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from eval_scripts.base import Item, Task, TaskInputs
 from eval_scripts.registry import get_task
@@ -208,7 +208,7 @@ class Evaluation:
         # Static batches are rank-local: only this rank's shard needs reading (image headers).
         wanted = pending if dynamic else shard_indices(pending, topology.rank, topology.world_size, groups)
         image_costs: dict[int, float] = {}
-        costs = self._costs(adapter, items, prompts, wanted, image_costs)
+        costs = item_costs(adapter, items, prompts, wanted, image_costs)
         # Under the dynamic schedule every process must cut the same list: all size it from rank 0's memory.
         choice = self._batch_size(adapter, settings, items, costs,
                                   plan.get("free_bytes") if dynamic else self._free_bytes)
@@ -295,19 +295,6 @@ class Evaluation:
                 "first_batch_s": since(result.batch_spans[0][1]) if result.batch_spans else None,
                 "busy_s": round(busy, 3), "idle_s": round(result.seconds - busy, 3), "finish_s": since(finish),
                 "batches": [[since(start), since(end)] for start, end in result.batch_spans]}
-
-    def _costs(self, adapter, items: Sequence[Item], prompts: Sequence[str], indices: Sequence[int],
-               image_costs: dict[int, float] | None = None) -> dict:
-        """Each item's cost (LLM tokens); with `image_costs`, also fills in its image part (the cost without
-        the prompt): what prefix sharing pays once per group, and the first batch's preprocessing weight."""
-        costs: dict[int, float] = {}
-        headers: dict[Any, Any] = {}      # an image asked about by several items is read once
-        for index in indices:
-            sizes = [_cached_image_size(source, headers) for source in items[index].images]
-            costs[index] = float(adapter.estimate_cost(items[index], prompts[index], [s for s in sizes if s]))
-            if image_costs is not None:
-                image_costs[index] = float(adapter.estimate_cost(items[index], "", [s for s in sizes if s]))
-        return costs
 
     def _batch_size(self, adapter, settings, items: Sequence[Item], costs: dict, free: int | None):
         """`--batch-size N`, or auto (launcher.batch_size) from `free` and the task's longest prompt."""
@@ -516,6 +503,21 @@ class _Progress:
                 self.evaluation.coordinator.tick_callbacks.remove(self._refresh)
                 self.bar.close()
                 self.bar = None
+
+
+def item_costs(adapter, items: Sequence[Item], prompts: Sequence[str], indices: Iterable[int],
+               image_costs: dict[int, float] | None = None) -> dict[int, float]:
+    """Each item's cost (LLM tokens) from its image headers; with `image_costs`, also fills in its image part
+    (the cost without the prompt): what prefix sharing pays once per group, and the first batch's
+    preprocessing weight (`runner.lead_split`)."""
+    costs: dict[int, float] = {}
+    headers: dict[Any, Any] = {}      # an image asked about by several items is read once
+    for index in indices:
+        sizes = [size for size in (_cached_image_size(source, headers) for source in items[index].images) if size]
+        costs[index] = float(adapter.estimate_cost(items[index], prompts[index], sizes))
+        if image_costs is not None:
+            image_costs[index] = float(adapter.estimate_cost(items[index], "", sizes))
+    return costs
 
 
 def _cached_image_size(source: Any, headers: dict[Any, Any]) -> tuple[int, int] | None:

@@ -135,11 +135,11 @@ def lead_split(batch: Sequence[int], groups: Mapping[int, Hashable] | None,
     when split, distinct images gained 10% and their first batch started after 0.66-0.74 s instead of
     1.47-1.51 s (bench/RESULTS.md). Image tokens, not images, because a DocVQA page of 13 tiles takes about 13
     times a one-tile image to prepare: 44 such pages (under 64 images) kept the first batch 1.0-1.4 s away."""
-    first_of_image: dict[Hashable, int] = {}
+    first_of_image: dict[Hashable, int] = {}      # an image asked about by several items counts once
     for index in batch:
-        first_of_image.setdefault(groups.get(index, ("item", index)) if groups is not None else index, index)
-    weight = sum(float(image_tokens.get(index, IMAGE_TOKENS_UNKNOWN)) if image_tokens is not None
-                 else IMAGE_TOKENS_UNKNOWN for index in first_of_image.values())
+        first_of_image.setdefault((groups or {}).get(index, ("item", index)), index)
+    tokens = image_tokens or {}
+    weight = sum(float(tokens.get(index, IMAGE_TOKENS_UNKNOWN)) for index in first_of_image.values())
     if weight < LEAD_MIN_IMAGE_TOKENS:
         return [batch]
     cut = len(batch) // 4

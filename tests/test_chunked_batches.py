@@ -221,7 +221,7 @@ def test_the_lead_piece_is_a_quarter_cut_at_an_image_boundary_where_one_is_near(
     (256, 1, 0, [256]),          # no images (text only): tokenizing is quick, whole
 ])
 def test_the_lead_piece_counts_the_distinct_images_tokens_not_the_images(size, per_image, tiles, expected):
-    from launcher.runner import _ChunkKeys, lead_split
+    from launcher.runner import lead_split
 
     groups = {index: index // per_image for index in range(size)} if per_image > 1 else None
     image_tokens = {index: 256.0 * tiles for index in range(size)}
@@ -230,6 +230,7 @@ def test_the_lead_piece_counts_the_distinct_images_tokens_not_the_images(size, p
     # The sampler cuts the first batch it hands out so, and only that one.
     keys = list(_ChunkKeys([list(range(size)), list(range(size))], 2, None, groups, lead=True,
                            image_tokens=image_tokens))
+
     def piece_sizes(number):                  # each piece is cut into chunks numbered from 0
         sizes = []
         for key in (key for key in keys if key.number == number):
